@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything the tests need and run the whole suite.  Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# test audio is made with Debian's espeak-ng, sox and ffmpeg
+need=()
+for c in espeak-ng sox ffmpeg; do command -v "$c" >/dev/null || need+=("$c"); done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+scripts/bootstrap.sh --test
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,58 @@
+"""The engine interface: what a recognition session needs from a speech model.
+
+Deliberately small (after sherpa-onnx's online recognizer): the session owns streaming,
+segmentation and timing; an engine turns one utterance of 16 kHz float PCM into text, words
+and a language.  A streaming engine (sherpa-onnx, say) can implement the same call on the
+audio so far.  Engines must be safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeRequest:
+    #: mono float32 PCM at ``Engine.sample_rate``
+    audio: np.ndarray
+    #: cheap decode for a partial result (no word alignment, may be less accurate)
+    partial: bool = False
+    #: languages the caller allows (first one forced when it is the only one); empty: detect
+    language_hints: tuple[str, ...] = ()
+    #: language already detected for this sentence (skips detection)
+    language: str | None = None
+    #: free text to bias the decoder (hotwords, context)
+    prompt: str | None = None
+    #: text decoded for the previous sentence (conditioning); may be ignored
+    previous_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawWord:
+    start: float  # seconds from the start of ``audio``
+    end: float
+    text: str  # as the model wrote it, leading space and trailing punctuation included
+    probability: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeResult:
+    text: str
+    words: tuple[RawWord, ...] = ()
+    language: str | None = None
+    language_probability: float = 0.0
+    no_speech_probability: float = 0.0
+    avg_logprob: float = 0.0
+    #: engine-specific figures for benchmarks (encoder frames, tokens, fallbacks)
+    stats: dict = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+    model_name: str
+    sample_rate: int
+
+    def decode(self, request: DecodeRequest) -> DecodeResult: ...

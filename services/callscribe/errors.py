@@ -1,0 +1,86 @@
+"""One exception root for callscribe.
+
+Library code raises these; only the edges (protocol state machines, CLI, worker) map them
+to wire codes or exit statuses.  ``retriable`` says whether trying the same thing again may
+succeed (a transient fault) or not (bad input, bad configuration).
+"""
+
+from __future__ import annotations
+
+
+class CallscribeError(Exception):
+    """Root of every error callscribe raises on purpose."""
+
+    #: short machine-readable code, stable across releases
+    code: str = "InternalError"
+    #: whether retrying the same operation may succeed
+    retriable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigurationError(CallscribeError):
+    """A setting is missing or invalid; the message says what to change."""
+
+    code = "ConfigurationError"
+
+
+# --- audio -------------------------------------------------------------------------------
+
+
+class AudioError(CallscribeError):
+    """Base for problems with the audio a client sent."""
+
+    code = "InvalidAudio"
+
+
+class UnsupportedFormat(AudioError):
+    code = "UnsupportedFormat"
+
+
+class CorruptAudio(AudioError):
+    code = "CorruptAudio"
+
+
+class SampleRateMismatch(AudioError):
+    code = "SampleRateMismatch"
+
+
+class AudioTooLarge(AudioError):
+    code = "AudioTooLarge"
+
+
+# --- model / engine ----------------------------------------------------------------------
+
+
+class ModelError(CallscribeError):
+    """The model is missing, partial or corrupt; the message says how to fix it."""
+
+    code = "ModelError"
+
+
+class EngineError(CallscribeError):
+    """Inference failed. Usually transient (out of memory, a thread pool shut down)."""
+
+    code = "EngineError"
+    retriable = True
+
+
+# --- sessions ----------------------------------------------------------------------------
+
+
+class SessionError(CallscribeError):
+    """A recognition session was used wrongly (fed after close, bad options)."""
+
+    code = "InvalidParameter"
+
+
+class Overloaded(CallscribeError):
+    """Admission refused: too many sessions or too much queued audio."""
+
+    code = "Overloaded"
+    retriable = True

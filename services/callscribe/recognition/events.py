@@ -1,0 +1,65 @@
+"""Events a recognition session emits.  Times are ms from the start of the stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    begin_time: int
+    end_time: int
+    text: str
+    #: punctuation that follows the word ("" when none)
+    punctuation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Emotion:
+    polarity: str  # positive | negative | neutral
+    confidence: float
+    label: str  # surprised, neutral, happy, sad, disgusted, angry, fearful
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    sentence_id: int
+    begin_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The current sentence so far: ``text == settled + tail``."""
+
+    sentence_id: int
+    begin_time: int
+    end_time: int  # audio time the partial covers up to
+    settled: str
+    tail: str
+    language: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.settled + self.tail
+
+
+@dataclass(frozen=True, slots=True)
+class FinalSentence:
+    sentence_id: int
+    begin_time: int
+    end_time: int
+    text: str
+    words: tuple[Word, ...]
+    language: str | None
+    emotion: Emotion | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    sentence_id: int
+    end_time: int
+
+
+Event = SpeechStarted | Partial | FinalSentence | SpeechStopped

@@ -1,0 +1,193 @@
+"""The process-wide recognition runtime and its asyncio stream adapter.
+
+``Runtime`` loads one engine and one VAD per process and owns the decode thread pool.
+``AsyncStream`` is the thin asyncio adapter around one ``RecognitionSession``: bytes in
+(decoded on the loop, cheap), processing in the pool (never on the loop), events out through
+a bounded queue.  When recognition falls behind, ``put`` waits (backpressure) instead of
+buffering without bound; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from callscribe.asr.models import resolve_model_dir
+from callscribe.asr.vad import SileroVad
+from callscribe.asr.whisper import WhisperEngine
+from callscribe.audio import open_decoder
+from callscribe.errors import CallscribeError, Overloaded, SessionError
+from callscribe.recognition.events import Event
+from callscribe.recognition.postprocess import make_final_hook, prompt_for
+from callscribe.recognition.session import RecognitionSession, SessionOptions
+from callscribe.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    format: str = "pcm"
+    sample_rate: int | None = 16000
+    language_hints: tuple[str, ...] = ()
+    max_sentence_silence_ms: int | None = None
+    hotwords: tuple = ()  # of callscribe.recognition.vocabulary.Hotword
+    disfluency_removal: bool = False
+    itn: bool | None = None
+    partials: bool = True
+    emotion: bool = True
+    #: which channel of multi-channel input this stream recognises (never downmixed)
+    channel: int = 0
+    #: extra context text to bias recognition (Qwen ``corpus.text``)
+    context: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine: WhisperEngine, vad: SileroVad) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.vad = vad
+        self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
+                                           thread_name_prefix="decode")
+        self.ready = True
+
+    @classmethod
+    def create(cls, settings: Settings) -> Runtime:
+        model_dir = resolve_model_dir(settings.model_dir, settings.cache_dir)
+        engine = WhisperEngine(model_dir, compute_type=settings.compute_type,
+                               cpu_threads=settings.cpu_threads,
+                               num_workers=settings.decode_workers)
+        log.info("model loaded", model=engine.model_name, path=str(model_dir))
+        return cls(settings, engine, SileroVad())
+
+    def session_options(self, opts: StreamOptions) -> SessionOptions:
+        s = self.settings
+        return SessionOptions(
+            language_hints=tuple(h for h in opts.language_hints if h),
+            max_sentence_silence_ms=opts.max_sentence_silence_ms or s.max_sentence_silence_ms,
+            max_sentence_ms=s.max_sentence_ms,
+            partial_interval_ms=s.partial_interval_ms if opts.partials else 0,
+            vad_threshold=s.vad_threshold,
+            max_buffered_audio_ms=s.max_buffered_audio_ms,
+            prompt=prompt_for(opts.hotwords, opts.context, opts.language_hints),
+        )
+
+    def new_session(self, opts: StreamOptions) -> RecognitionSession:
+        return RecognitionSession(self.engine, self.vad, self.session_options(opts),
+                                  final_hook=make_final_hook(opts, self.settings))
+
+    def open_stream(self, opts: StreamOptions) -> AsyncStream:
+        decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
+        return AsyncStream(self, self.new_session(opts), decoder, opts.channel)
+
+    def close(self) -> None:
+        self.ready = False
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+_END = object()
+
+
+class AsyncStream:
+    """One recognition stream driven from asyncio."""
+
+    #: seconds ``put`` may wait for recognition to catch up before giving up
+    backpressure_deadline_s = 60.0
+
+    def __init__(self, runtime: Runtime, session: RecognitionSession, decoder, channel: int) -> None:
+        self.runtime = runtime
+        self.session = session
+        self.decoder = decoder
+        self.channel = channel
+        self._events: asyncio.Queue = asyncio.Queue(maxsize=256)
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._finished = False
+        self._high = max(1000, session.options.max_buffered_audio_ms // 2)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def audio_ms(self) -> int:
+        return self.session.audio_ms
+
+    def _feed_pcm(self, pcm: np.ndarray) -> None:
+        if pcm.ndim == 2:
+            if pcm.shape[1] == 0:
+                return
+            if self.channel >= pcm.shape[0]:
+                raise SessionError(f"channel {self.channel} requested but the audio has "
+                                   f"{pcm.shape[0]} channel(s)")
+            pcm = pcm[self.channel]
+        if len(pcm):
+            self.session.accept_waveform(pcm)
+            self._wake.set()
+
+    async def put(self, data: bytes) -> None:
+        if self._finished:
+            raise SessionError("audio after finish")
+        if self._task.done():
+            self._task.result()  # re-raise a processing failure
+        pcm = self.decoder.feed(data)
+        if self.session.pending_ms + pcm.shape[-1] // 16 > self._high:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.backpressure_deadline_s)
+            except TimeoutError:
+                raise Overloaded("recognition did not catch up within "
+                                 f"{self.backpressure_deadline_s:.0f} s") from None
+        self._feed_pcm(pcm)
+
+    async def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._feed_pcm(self.decoder.finish())
+        self.session.input_finished()
+        self._wake.set()
+
+    async def events(self) -> AsyncIterator[Event]:
+        while True:
+            item = await self._events.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.session.has_work():
+                    events = await loop.run_in_executor(self.runtime.executor, self.session.process)
+                    if self.session.pending_ms <= self._high // 2:
+                        self._drained.set()
+                    for ev in events:
+                        await self._events.put(ev)
+                if self.session.done:
+                    break
+        except CallscribeError as exc:
+            await self._events.put(exc)
+        except Exception as exc:  # an engine crash must reach the caller, not vanish
+            log.exception("recognition failed")
+            await self._events.put(CallscribeError(f"recognition failed: {exc}"))
+        finally:
+            self._drained.set()
+        await self._events.put(_END)
+
+    async def aclose(self) -> None:
+        self._finished = True
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

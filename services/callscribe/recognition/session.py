@@ -1,0 +1,275 @@
+"""The per-stream recognition session: 16 kHz float PCM in, events out.
+
+A Sans-I/O state machine in the sense that it never touches a socket, a clock or a thread:
+``accept_waveform`` only appends to a bounded buffer (cheap, callable from the event loop);
+``process`` runs VAD and any due decode and returns the events (call it from a worker thread,
+never two at once for the same session).  Time is audio time: every decision (endpoint,
+partial cadence, maximum sentence length) is taken on sample counts, so the same audio gives
+the same events whatever the feeding pace.
+
+Segmentation: Silero VAD per 32 ms frame.  Speech is confirmed after ``min_speech_ms`` of
+voiced frames; the sentence ends after ``max_sentence_silence_ms`` of silence, or is cut at
+its quietest recent frame when it reaches ``max_sentence_ms``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from callscribe.asr.engine import DecodeRequest, DecodeResult, Engine
+from callscribe.asr.vad import FRAME, FRAME_MS, SAMPLE_RATE, SileroVad, VadState
+from callscribe.errors import Overloaded, SessionError
+from callscribe.recognition.events import (Event, FinalSentence, Partial, SpeechStarted,
+                                           SpeechStopped)
+from callscribe.recognition.words import settle, to_words, words_text
+
+MS = SAMPLE_RATE // 1000
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    language_hints: tuple[str, ...] = ()
+    max_sentence_silence_ms: int = 800
+    max_sentence_ms: int = 15000
+    #: audio ms between partials of one sentence; 0 disables partials
+    partial_interval_ms: int = 1000
+    vad_threshold: float = 0.5
+    min_speech_ms: int = 160
+    speech_pad_ms: int = 200
+    max_buffered_audio_ms: int = 60000
+    #: decoder prompt (hotwords, context)
+    prompt: str | None = None
+    #: partials are skipped while more than this much audio waits to be processed
+    partial_skip_backlog_ms: int = 1500
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.max_sentence_silence_ms <= 6000:
+            raise SessionError(f"max_sentence_silence {self.max_sentence_silence_ms} ms is out of "
+                               "range: it must be between 200 and 6000")
+        if not 1000 <= self.max_sentence_ms <= 30000:
+            raise SessionError("max_sentence_ms must be between 1000 and 30000")
+
+
+#: hook applied to every final sentence in the worker thread: (sentence, sentence audio) -> sentence
+FinalHook = Callable[[FinalSentence, np.ndarray], FinalSentence]
+
+
+@dataclass
+class _Sentence:
+    sentence_id: int
+    start: int  # sample index in the stream where the sentence audio begins (padding included)
+    last_voiced: int  # end sample of the last voiced frame
+    last_partial_at: int
+    settled_prev: str = ""
+    prev_partial: str = ""
+    language: str | None = None
+    confirmed: bool = False
+    voiced_ms: int = 0
+    frame_probs: list[float] = field(default_factory=list)
+
+
+class RecognitionSession:
+    def __init__(self, engine: Engine, vad: SileroVad, options: SessionOptions | None = None,
+                 final_hook: FinalHook | None = None) -> None:
+        self.engine = engine
+        self.vad = vad
+        self.options = options or SessionOptions()
+        self.final_hook = final_hook
+        self._lock = threading.Lock()
+        self._pending: deque[np.ndarray] = deque()
+        self._pending_samples = 0
+        self._finished_input = False
+        self._done = False
+        self._vad_state = VadState()
+        # audio kept for decoding: samples [self._buf_start, self._buf_start + len(buf))
+        self._buf = np.zeros(0, np.float32)
+        self._buf_start = 0
+        self._processed = 0  # samples run through VAD
+        self._sentence: _Sentence | None = None
+        self._next_id = 1
+        self._silence_run_ms = 0
+        self.decodes = {"partial": 0, "final": 0}
+
+    # --- input (any thread) -------------------------------------------------------------
+    def accept_waveform(self, samples: np.ndarray) -> None:
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        with self._lock:
+            if self._finished_input:
+                raise SessionError("audio after the end of input")
+            limit = self.options.max_buffered_audio_ms * MS
+            if self._pending_samples + len(samples) > limit:
+                raise Overloaded(f"more than {self.options.max_buffered_audio_ms} ms of audio "
+                                 "waiting for recognition; send at real-time pace")
+            if len(samples):
+                self._pending.append(samples)
+                self._pending_samples += len(samples)
+
+    def input_finished(self) -> None:
+        with self._lock:
+            self._finished_input = True
+
+    @property
+    def pending_ms(self) -> int:
+        return self._pending_samples // MS
+
+    @property
+    def audio_ms(self) -> int:
+        return (self._processed + self._pending_samples) // MS
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def has_work(self) -> bool:
+        return bool(self._pending_samples) or (self._finished_input and not self._done)
+
+    # --- processing (one worker thread at a time) ---------------------------------------
+    def process(self) -> list[Event]:
+        with self._lock:
+            chunks = list(self._pending)
+            self._pending.clear()
+            self._pending_samples = 0
+            finished = self._finished_input
+        events: list[Event] = []
+        if chunks:
+            audio = np.concatenate(chunks)
+            self._append_buffer(audio)
+            probs = self.vad.probabilities(self._vad_state, audio)
+            for p in probs:
+                self._processed += FRAME
+                self._on_frame(float(p), events)
+            self._maybe_partial(events)
+        if finished and not self._done:
+            tail = len(self._vad_state.leftover)
+            self._processed += tail
+            if self._sentence is not None:
+                if tail and self._sentence.confirmed:
+                    self._sentence.last_voiced = self._processed
+                self._end_sentence(self._processed, events)
+            self._done = True
+        return events
+
+    def _append_buffer(self, audio: np.ndarray) -> None:
+        self._buf = np.concatenate([self._buf, audio])
+        # keep only what a sentence can still need: the current sentence, or the pre-roll
+        keep_from = (self._sentence.start if self._sentence is not None
+                     else self._processed - self.options.speech_pad_ms * MS)
+        drop = max(0, keep_from - self._buf_start)
+        if drop:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+
+    def _audio(self, start: int, end: int) -> np.ndarray:
+        return self._buf[max(0, start - self._buf_start): max(0, end - self._buf_start)]
+
+    def _on_frame(self, p: float, events: list[Event]) -> None:
+        o = self.options
+        frame_end = self._processed
+        voiced = p >= o.vad_threshold
+        s = self._sentence
+        if s is None:
+            if voiced:
+                start = max(0, frame_end - FRAME - o.speech_pad_ms * MS)
+                self._sentence = _Sentence(self._next_id, start=start, last_voiced=frame_end,
+                                           last_partial_at=frame_end, voiced_ms=FRAME_MS)
+                self._silence_run_ms = 0
+            return
+        s.frame_probs.append(p)
+        if voiced or (s.confirmed and p >= o.vad_threshold - 0.15 and self._silence_run_ms == 0):
+            s.last_voiced = frame_end
+            s.voiced_ms += FRAME_MS
+            self._silence_run_ms = 0
+        else:
+            self._silence_run_ms += FRAME_MS
+        if not s.confirmed:
+            if s.voiced_ms >= o.min_speech_ms:
+                s.confirmed = True
+                events.append(SpeechStarted(s.sentence_id, s.start // MS))
+            elif self._silence_run_ms >= 200:
+                self._sentence = None  # a click, not speech
+            return
+        if self._silence_run_ms >= o.max_sentence_silence_ms:
+            self._end_sentence(s.last_voiced + o.speech_pad_ms * MS, events)
+        elif frame_end - s.start >= o.max_sentence_ms * MS:
+            self._cut_long_sentence(events)
+
+    def _cut_long_sentence(self, events: list[Event]) -> None:
+        s = self._sentence
+        assert s is not None
+        # the quietest frame in the last third of the sentence
+        probs = np.asarray(s.frame_probs)
+        third = max(1, len(probs) // 3)
+        idx = len(probs) - third + int(np.argmin(probs[-third:]))
+        cut = s.start + (self._processed - s.start) - (len(probs) - idx - 1) * FRAME
+        self._end_sentence(cut, events, stopped=False)
+        nxt = _Sentence(self._next_id, start=cut, last_voiced=self._processed,
+                        last_partial_at=self._processed, confirmed=True,
+                        voiced_ms=(self._processed - cut) // MS)
+        self._sentence = nxt
+        events.append(SpeechStarted(nxt.sentence_id, cut // MS))
+
+    def _maybe_partial(self, events: list[Event]) -> None:
+        s = self._sentence
+        o = self.options
+        if (s is None or not s.confirmed or o.partial_interval_ms <= 0
+                or self._processed - s.last_partial_at < o.partial_interval_ms * MS
+                or self.pending_ms > o.partial_skip_backlog_ms):
+            return
+        s.last_partial_at = self._processed
+        audio = self._audio(s.start, self._processed)
+        result = self._decode(audio, partial=True, language=s.language)
+        self.decodes["partial"] += 1
+        text = result.text.strip()
+        if not text or self._hallucination(result, audio):
+            return
+        s.language = s.language or result.language
+        settled, tail = settle(s.prev_partial, text, s.settled_prev)
+        s.prev_partial, s.settled_prev = text, settled
+        events.append(Partial(s.sentence_id, s.start // MS, self._processed // MS, settled, tail,
+                              s.language))
+
+    def _end_sentence(self, end: int, events: list[Event], stopped: bool = True) -> None:
+        s = self._sentence
+        assert s is not None
+        end = min(end, self._processed)
+        self._sentence = None
+        self._silence_run_ms = 0
+        if not s.confirmed:
+            return
+        audio = self._audio(s.start, end)
+        result = self._decode(audio, partial=False, language=s.language)
+        self.decodes["final"] += 1
+        begin_ms, end_ms = s.start // MS, end // MS
+        if result.text.strip() and not self._hallucination(result, audio):
+            words = to_words(result.words, begin_ms, end_ms, result.language)
+            if words:
+                final = FinalSentence(s.sentence_id, begin_ms, end_ms,
+                                      words_text(words, result.language), tuple(words),
+                                      result.language)
+                if self.final_hook is not None:
+                    final = self.final_hook(final, audio)
+                events.append(final)
+                self._next_id += 1
+        if stopped:
+            events.append(SpeechStopped(s.sentence_id, end_ms))
+
+    def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None) -> DecodeResult:
+        return self.engine.decode(DecodeRequest(
+            audio=audio, partial=partial, language_hints=self.options.language_hints,
+            language=language, prompt=self.options.prompt))
+
+    @staticmethod
+    def _hallucination(result: DecodeResult, audio: np.ndarray) -> bool:
+        """Whisper's own rule: likely no speech and not confidently decoded."""
+        if result.no_speech_probability > 0.6 and result.avg_logprob < -1.0:
+            return True
+        return result.avg_logprob < -1.6
+
+
+def with_options(options: SessionOptions, **changes: object) -> SessionOptions:
+    return replace(options, **changes)

@@ -1,0 +1,123 @@
+"""File transcription on the same streaming session the service uses.
+
+The file is read in 64 KiB chunks through the streaming decoder; each channel gets its own
+``RecognitionSession`` (channels are never mixed) fed in 100 ms steps, exactly as a live
+stream would be.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from callscribe.audio import open_decoder, sniff_format
+from callscribe.errors import UnsupportedFormat
+from callscribe.recognition.events import FinalSentence
+from callscribe.recognition.runtime import Runtime, StreamOptions
+
+_EXT = {".wav": "wav", ".mp3": "mp3", ".opus": "opus", ".ogg": None, ".spx": "speex",
+        ".aac": "aac", ".m4a": "m4a", ".mp4": "m4a", ".amr": "amr", ".flac": "flac",
+        ".pcm": "pcm", ".raw": "pcm", ".s16le": "pcm", ".ulaw": "mulaw", ".mulaw": "mulaw",
+        ".alaw": "alaw", ".g711u": "mulaw", ".g711a": "alaw"}
+_RAW = {"pcm", "mulaw", "alaw"}
+STEP = 1600  # 100 ms at 16 kHz
+
+
+def guess_format(path: Path, head: bytes) -> str:
+    fmt = sniff_format(head)
+    if fmt:
+        return fmt
+    ext = path.suffix.lower()
+    if ext in _EXT and _EXT[ext]:
+        return _EXT[ext]
+    raise UnsupportedFormat(f"cannot tell the audio format of {path}; pass --audio-format "
+                            "(pcm, wav, mp3, opus, speex, aac, m4a, amr, flac, mulaw, alaw)")
+
+
+def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
+                    audio_format: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
+    """Return ``(channel, sentence)`` pairs in time order."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    fmt = audio_format or guess_format(path, head)
+    rate = opts.sample_rate if fmt in _RAW else None
+    if fmt in _RAW and rate is None:
+        rate = 16000
+    decoder = open_decoder(fmt, rate, target_rate=runtime.engine.sample_rate)
+    sessions: list = []
+    out: list[tuple[int, FinalSentence]] = []
+
+    def feed(pcm: np.ndarray) -> None:
+        if pcm.ndim == 1:
+            pcm = pcm[None]
+        while len(sessions) < pcm.shape[0]:
+            sessions.append(runtime.new_session(opts))
+        for i in range(0, pcm.shape[1], STEP):
+            for ch, session in enumerate(sessions):
+                session.accept_waveform(pcm[ch, i:i + STEP])
+                out.extend((ch, ev) for ev in session.process() if isinstance(ev, FinalSentence))
+
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            feed(decoder.feed(block))
+            if progress:
+                progress(len(block))
+    feed(decoder.finish())
+    for ch, session in enumerate(sessions):
+        session.input_finished()
+        while session.has_work():
+            out.extend((ch, ev) for ev in session.process() if isinstance(ev, FinalSentence))
+    out.sort(key=lambda p: (p[1].begin_time, p[0]))
+    return out
+
+
+def sentence_dict(channel: int, s: FinalSentence) -> dict:
+    d = {"sentence_id": s.sentence_id, "channel": channel, "begin_time": s.begin_time,
+         "end_time": s.end_time, "text": s.text, "language": s.language,
+         "words": [asdict(w) for w in s.words]}
+    if s.emotion is not None:
+        d["emotion"] = asdict(s.emotion)
+    return d
+
+
+def _ts(ms: int, sep: str) -> str:
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def render(results: list[tuple[int, FinalSentence]], fmt: str, *, file: str | None = None) -> str:
+    channels = {ch for ch, _ in results}
+    label = (lambda ch: f"[ch{ch}] ") if len(channels) > 1 else (lambda ch: "")
+    if fmt == "json":
+        doc: dict = {"sentences": [sentence_dict(ch, s) for ch, s in results]}
+        if file is not None:
+            doc = {"file": file, **doc}
+        return json.dumps(doc, ensure_ascii=False)
+    if fmt == "text":
+        return "\n".join(label(ch) + s.text for ch, s in results)
+    lines: list[str] = ["WEBVTT", ""] if fmt == "vtt" else []
+    sep = "." if fmt == "vtt" else ","
+    for i, (ch, s) in enumerate(results, 1):
+        if fmt == "srt":
+            lines.append(str(i))
+        lines.append(f"{_ts(s.begin_time, sep)} --> {_ts(s.end_time, sep)}")
+        lines.append(label(ch) + s.text)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def iter_outputs(runtime: Runtime, files: list[Path], opts: StreamOptions, fmt: str,
+                 audio_format: str | None, progress_factory) -> Iterator[str]:
+    for path in files:
+        size = path.stat().st_size
+        with progress_factory(path, size) as bar:
+            results = transcribe_file(runtime, path, opts, audio_format=audio_format,
+                                      progress=bar.update if bar else None)
+        yield render(results, fmt, file=str(path) if len(files) > 1 else None)

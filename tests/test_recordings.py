@@ -1,0 +1,92 @@
+"""Accuracy on the real recordings in ../shared/audio (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import pytest
+
+import audiogen
+from callscribe.recognition.runtime import StreamOptions
+from callscribe.transcribe import transcribe_file
+from textmetrics import error_rate, normalize_en
+
+ENGLISH = ["en_jfk_16k.wav", "en_librispeech_1995-1837-0001.wav", "en_ps_librivox_0870.wav",
+           "en_ps_librivox_0880.wav", "en_ps_librivox_0890.wav", "en_ldc93s1_16k.wav",
+           "en_ps_goforward.raw"]
+MANDARIN = ["zh_aishell_BAC009S0724W0121.wav", "zh_funasr_sample.wav"]
+
+
+def text_of(runtime, path, **kw) -> str:
+    opts = StreamOptions(partials=False, **kw)
+    return " ".join(s.text for _, s in transcribe_file(runtime, path, opts))
+
+
+def test_english_wer(runtime, shared_audio, manifest):
+    pairs = [(manifest[f]["transcript"], text_of(runtime, shared_audio / f, sample_rate=16000))
+             for f in ENGLISH]
+    wer = error_rate(pairs, "en")
+    assert wer <= 0.12, (wer, pairs)
+
+
+def test_mandarin_cer(runtime, shared_audio, manifest):
+    pairs = [(manifest[f]["transcript"], text_of(runtime, shared_audio / f)) for f in MANDARIN]
+    cer = error_rate(pairs, "zh")
+    assert cer <= 0.30, (cer, pairs)
+
+
+def test_telephone_rate(runtime, shared_audio, manifest):
+    ref = manifest["en_ldc93s1_8k.wav"]["transcript"]
+    assert error_rate([(ref, text_of(runtime, shared_audio / "en_ldc93s1_8k.wav"))], "en") <= 0.25
+
+
+def test_stereo_channels_are_separate(runtime, shared_audio, manifest):
+    left, right = (part.split(":", 1)[1] for part in
+                   manifest["en_stereo_diarization.wav"]["transcript"].split("|"))
+    results = transcribe_file(runtime, shared_audio / "en_stereo_diarization.wav",
+                              StreamOptions(partials=False))
+    by_channel = {ch: " ".join(s.text for c, s in results if c == ch) for ch in (0, 1)}
+    assert error_rate([(left, by_channel[0])], "en") <= 0.25, by_channel
+    assert error_rate([(right, by_channel[1])], "en") <= 0.25, by_channel
+    assert "horizon" not in by_channel[0].lower() and "wizard" not in by_channel[1].lower()
+
+
+FORMATS = ["pcm", "mulaw", "alaw", "flac", "mp3", "opus", "speex", "aac", "m4a", "amr"]
+
+
+@pytest.fixture(scope="module")
+def wav_text(runtime, shared_audio):
+    return text_of(runtime, shared_audio / "en_jfk_16k.wav")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_gives_the_same_text(runtime, shared_audio, wav_text, tmp_path, fmt):
+    src = shared_audio / "en_jfk_16k.wav"
+    rate = 8000 if fmt in ("amr", "mulaw", "alaw") else 16000
+    encoded = audiogen.encode(src, fmt, tmp_path / f"jfk.{fmt}", rate=rate)
+    text = text_of(runtime, encoded, format=fmt, sample_rate=rate) if fmt in (
+        "pcm", "mulaw", "alaw") else text_of(runtime, encoded)
+    if fmt in ("pcm", "flac"):  # lossless: identical words
+        assert normalize_en(text) == normalize_en(wav_text)
+    else:
+        assert error_rate([(wav_text, text)], "en") <= 0.12, (fmt, text, wav_text)
+
+
+def _nonspeech_intervals(scv_line: str) -> list[tuple[float, float]]:
+    parts = scv_line.strip().split(",")[1:]
+    triples = [parts[i:i + 3] for i in range(0, len(parts) - 2, 3)]
+    return [(float(a), float(b)) for a, b, lab in triples if lab.strip() == "0"]
+
+
+def test_no_text_inside_labelled_non_speech(runtime, shared_audio):
+    margin = 0.25  # seconds: label edges and word edges are both approximate
+    offenders = []
+    for i in range(1, 11):
+        name = f"vad_tenvad_{i:02d}"
+        gaps = _nonspeech_intervals((shared_audio / f"{name}.scv").read_text())
+        results = transcribe_file(runtime, shared_audio / f"{name}.wav", StreamOptions(partials=False))
+        for _, s in results:
+            for w in s.words:
+                b, e = w.begin_time / 1000, w.end_time / 1000
+                for gb, ge in gaps:
+                    if ge - gb > 2 * margin and gb + margin <= b and e <= ge - margin:
+                        offenders.append((name, w.text, b, e, gb, ge))
+    assert not offenders, offenders
