@@ -9,4 +9,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 scripts/bootstrap.sh --test
+# a real single-node Kafka broker (KRaft) from Maven Central; tests start and stop it themselves
+scripts/kafka.sh install >&2
+export CALLSCRIBE_REQUIRE_KAFKA=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
