@@ -31,8 +31,6 @@ from callscribe.errors import EngineError, ModelError
 SAMPLE_RATE = 16000
 _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
-#: Chinese output tends to lose punctuation without a punctuated, simplified prompt.
-_ZH_PROMPT = "以下是普通话的句子，请使用简体中文和标点符号。"
 
 
 class WhisperEngine:
@@ -104,11 +102,8 @@ class WhisperEngine:
     def _prompt(self, tok: Tokenizer, req: DecodeRequest, language: str | None,
                 timestamps: bool) -> list[int]:
         prompt: list[int] = []
+        # no instruction-like default prompt: Whisper base copies such prompts into the output
         context = " ".join(x for x in (req.prompt, req.previous_text) if x)
-        if language == "zh" and not context:
-            context = _ZH_PROMPT
-        elif language == "zh":
-            context = _ZH_PROMPT + context
         if context:
             prompt.append(tok.sot_prev)
             prompt.extend(tok.encode(" " + context.strip())[-200:])

@@ -26,7 +26,7 @@ from callscribe.asr.vad import FRAME, FRAME_MS, SAMPLE_RATE, SileroVad, VadState
 from callscribe.errors import Overloaded, SessionError
 from callscribe.recognition.events import (Event, FinalSentence, Partial, SpeechStarted,
                                            SpeechStopped)
-from callscribe.recognition.words import settle, to_words, words_text
+from callscribe.recognition.words import close_sentence, settle, to_words, words_text
 
 MS = SAMPLE_RATE // 1000
 
@@ -246,7 +246,8 @@ class RecognitionSession:
         self.decodes["final"] += 1
         begin_ms, end_ms = s.start // MS, end // MS
         if result.text.strip() and not self._hallucination(result, audio):
-            words = to_words(result.words, begin_ms, end_ms, result.language)
+            words = close_sentence(to_words(result.words, begin_ms, end_ms, result.language),
+                                   result.language)
             if words:
                 final = FinalSentence(s.sentence_id, begin_ms, end_ms,
                                       words_text(words, result.language), tuple(words),

@@ -47,6 +47,16 @@ def to_words(raw: Iterable[RawWord], begin_ms: int, end_ms: int, language: str |
     return out
 
 
+def close_sentence(words: list[Word], language: str | None) -> list[Word]:
+    """Make sure a final sentence ends with sentence punctuation (Chinese output often lacks it)."""
+    if not words or (words[-1].punctuation and words[-1].punctuation[-1] in ".!?。！？…"):
+        return words
+    last = words[-1]
+    mark = "。" if language in UNSPACED else "."
+    return [*words[:-1], Word(last.begin_time, last.end_time, last.text,
+                              last.punctuation.rstrip(",，、;；:：") + mark)]
+
+
 def words_text(words: Iterable[Word], language: str | None) -> str:
     sep = "" if language in UNSPACED else " "
     return sep.join(w.text + w.punctuation for w in words).strip()
