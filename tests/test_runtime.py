@@ -24,19 +24,22 @@ def speech_pcm(tmp_path_factory) -> bytes:
     return (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes()
 
 
-async def collect(stream, data: bytes, chunk: int) -> list:
+async def collect(stream, data: bytes, chunk: int, pace: float = 0.0) -> list:
+    """Stream ``data``; ``pace`` > 0 sleeps that fraction of each chunk's duration."""
     async def reader():
         return [ev async for ev in stream.events()]
     task = asyncio.create_task(reader())
     for i in range(0, len(data), chunk):
         await stream.put(data[i:i + chunk])
+        if pace:
+            await asyncio.sleep(pace * chunk / 32000)
     await stream.finish()
     return await asyncio.wait_for(task, 120)
 
 
 async def test_stream_events(runtime, speech_pcm):
     stream = runtime.open_stream(StreamOptions(format="pcm", sample_rate=16000))
-    events = await collect(stream, speech_pcm, 3200)
+    events = await collect(stream, speech_pcm, 3200, pace=0.5)  # twice real time
     finals = [e for e in events if isinstance(e, FinalSentence)]
     assert finals and "help" in " ".join(f.text for f in finals).lower()
     assert any(isinstance(e, Partial) for e in events)

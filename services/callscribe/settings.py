@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_buffered_audio_ms: int = Field(default=60000, ge=1000, le=600000)
     #: Inverse text normalisation (numbers as digits) by default.
     itn_enabled: bool = True
+    #: Emotion estimator for final sentences (``text+prosody``: text sentiment + prosody).
+    emotion_estimator: str = "text+prosody"
 
     # --- service -------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -76,6 +78,78 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Put transcript text in logs (off: only lengths and ids).
     log_transcripts: bool = False
+
+    # --- kafka ---------------------------------------------------------------------------
+    # The Kafka pipeline (services/callscribe/pipeline/): records are msgpack, described by
+    # the JSON Schemas in schemas/.  All channels of a call share one key (call_id), so they
+    # meet in one partition of every topic.
+    #: Bootstrap servers, comma separated ``host:port`` (``callscribe produce --bootstrap``
+    #: overrides it).
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    #: Client id prefix the brokers see in their logs and quotas.
+    kafka_client_id: str = "callscribe"
+    #: Topic of AudioChunk records (producer -> worker), keyed by call_id.
+    kafka_topic_audio: str = Field(default="callscribe.audio", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: Topic of final TranscriptEvent and CallSummary records (worker -> consumers), keyed by
+    #: call_id; the summary of a call comes after its last transcript in the same partition.
+    kafka_topic_transcripts: str = Field(default="callscribe.transcripts",
+                                         pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: Topic of partial (final=false) TranscriptEvent records for live views, keyed by call_id.
+    kafka_topic_partials: str = Field(default="callscribe.partials",
+                                      pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: Whether partials are published (and their topic created by ``ensure_topics``).
+    kafka_partials_enabled: bool = True
+    #: Topic of DeadLetter records: input that could not be decoded, with the reason.
+    kafka_topic_dead_letters: str = Field(default="callscribe.dead-letters",
+                                          pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: Partitions of the audio topic: the upper bound on worker parallelism.  Changing it on a
+    #: live topic moves calls between partitions; ``ensure_topics`` never alters a topic.
+    kafka_audio_partitions: int = Field(default=12, ge=1, le=10000)
+    #: Partitions of the transcripts topic (same as audio keeps a call's input and output
+    #: co-partitioned).
+    kafka_transcripts_partitions: int = Field(default=12, ge=1, le=10000)
+    #: Partitions of the partials topic.
+    kafka_partials_partitions: int = Field(default=12, ge=1, le=10000)
+    #: Partitions of the dead-letter topic.
+    kafka_dead_letters_partitions: int = Field(default=1, ge=1, le=10000)
+    #: Replication factor of topics ``ensure_topics`` creates (1 for a single broker; 3 in
+    #: production).
+    kafka_replication_factor: int = Field(default=1, ge=1, le=32)
+    #: Retention of the audio topic (ms): long enough to replay a worker's backlog.
+    kafka_audio_retention_ms: int = Field(default=24 * 3600 * 1000, ge=60000)
+    #: Deadline (s) for every Kafka operation: a send not acknowledged within it, a start or
+    #: topic check not done within it, fails with BrokerUnavailable.
+    kafka_deadline_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    #: First backoff (ms) between retries of a retriable Kafka error; doubles up to 5 s.
+    kafka_retry_backoff_ms: int = Field(default=100, ge=1, le=60000)
+    #: Records the producer may have sent but not yet acknowledged (the bounded buffer); a
+    #: full buffer makes ``send`` wait, for at most the deadline.
+    kafka_max_pending: int = Field(default=1000, ge=1, le=1000000)
+    #: Producer linger (ms): how long a batch waits for more records before it is sent.
+    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    #: Audio per AudioChunk (ms) the producer sends.
+    kafka_chunk_ms: int = Field(default=100, ge=10, le=1000)
+    #: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    #: SASL mechanism when the protocol is SASL_*.
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    #: SASL user name (required with SASL_*).
+    kafka_sasl_username: str = ""
+    #: SASL password (required with SASL_*); never logged.
+    kafka_sasl_password: str = Field(default="", repr=False)
+    #: CA bundle (PEM) that signs the brokers' certificates; empty: the system's CAs.
+    kafka_ssl_cafile: Path | None = None
+    #: Client certificate (PEM) for mutual TLS; empty: none.
+    kafka_ssl_certfile: Path | None = None
+    #: Private key (PEM) of the client certificate.
+    kafka_ssl_keyfile: Path | None = None
+    #: Password of an encrypted private key.
+    kafka_ssl_key_password: str = Field(default="", repr=False)
+    #: Check that a broker's certificate names the host connected to (leave on).
+    kafka_ssl_check_hostname: bool = True
+    #: Directory of the record schemas (``*.schema.json``); empty: ``schemas/`` of the checkout.
+    kafka_schema_dir: Path | None = None
+    # --- end kafka -----------------------------------------------------------------------
 
     @field_validator("model_dir")
     @classmethod

@@ -23,6 +23,7 @@ from callscribe.asr.vad import SileroVad
 from callscribe.asr.whisper import WhisperEngine
 from callscribe.audio import open_decoder
 from callscribe.errors import CallscribeError, Overloaded, SessionError
+from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
 from callscribe.recognition.events import Event
 from callscribe.recognition.postprocess import make_final_hook, prompt_for
 from callscribe.recognition.session import RecognitionSession, SessionOptions
@@ -50,10 +51,12 @@ class StreamOptions:
 
 
 class Runtime:
-    def __init__(self, settings: Settings, engine: WhisperEngine, vad: SileroVad) -> None:
+    def __init__(self, settings: Settings, engine: WhisperEngine, vad: SileroVad,
+                 emotion: EmotionEstimator | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.vad = vad
+        self.emotion = emotion
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.ready = True
@@ -65,7 +68,11 @@ class Runtime:
                                cpu_threads=settings.cpu_threads,
                                num_workers=settings.decode_workers)
         log.info("model loaded", model=engine.model_name, path=str(model_dir))
-        return cls(settings, engine, SileroVad())
+        emotion = make_emotion_estimator(settings.emotion_estimator)
+        warm = getattr(emotion, "warm", None)
+        if warm is not None:
+            warm()
+        return cls(settings, engine, SileroVad(), emotion)
 
     def session_options(self, opts: StreamOptions) -> SessionOptions:
         s = self.settings
@@ -81,7 +88,7 @@ class Runtime:
 
     def new_session(self, opts: StreamOptions) -> RecognitionSession:
         return RecognitionSession(self.engine, self.vad, self.session_options(opts),
-                                  final_hook=make_final_hook(opts, self.settings))
+                                  final_hook=make_final_hook(opts, self.settings, self.emotion))
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
@@ -111,45 +118,51 @@ class AsyncStream:
         self._drained = asyncio.Event()
         self._drained.set()
         self._finished = False
-        self._high = max(1000, session.options.max_buffered_audio_ms // 2)
+        #: unprocessed audio (ms) above which put() waits; at most a third of the session's
+        #: hard bound, so one more piece always fits
+        self._high = max(500, session.options.max_buffered_audio_ms // 3)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     @property
     def audio_ms(self) -> int:
         return self.session.audio_ms
 
-    def _feed_pcm(self, pcm: np.ndarray) -> None:
+    def _channel(self, pcm: np.ndarray) -> np.ndarray:
         if pcm.ndim == 2:
-            if pcm.shape[1] == 0:
-                return
-            if self.channel >= pcm.shape[0]:
+            if pcm.shape[1] and self.channel >= pcm.shape[0]:
                 raise SessionError(f"channel {self.channel} requested but the audio has "
                                    f"{pcm.shape[0]} channel(s)")
-            pcm = pcm[self.channel]
+            pcm = pcm[self.channel] if pcm.shape[1] else pcm.reshape(-1)
+        return pcm
+
+    def _feed_pcm(self, pcm: np.ndarray) -> None:
         if len(pcm):
             self.session.accept_waveform(pcm)
             self._wake.set()
 
     async def put(self, data: bytes) -> None:
+        """Decode and queue ``data``; waits while more than half the buffer is unprocessed."""
         if self._finished:
             raise SessionError("audio after finish")
         if self._task.done():
             self._task.result()  # re-raise a processing failure
-        pcm = self.decoder.feed(data)
-        if self.session.pending_ms + pcm.shape[-1] // 16 > self._high:
-            self._drained.clear()
-            try:
-                await asyncio.wait_for(self._drained.wait(), self.backpressure_deadline_s)
-            except TimeoutError:
-                raise Overloaded("recognition did not catch up within "
-                                 f"{self.backpressure_deadline_s:.0f} s") from None
-        self._feed_pcm(pcm)
+        pcm = self._channel(self.decoder.feed(data))
+        piece = self._high * 16  # samples; a huge frame is queued in pieces
+        for off in range(0, len(pcm), piece):
+            if self.session.pending_ms > self._high:
+                self._drained.clear()
+                try:
+                    await asyncio.wait_for(self._drained.wait(), self.backpressure_deadline_s)
+                except TimeoutError:
+                    raise Overloaded("recognition did not catch up within "
+                                     f"{self.backpressure_deadline_s:.0f} s") from None
+            self._feed_pcm(pcm[off:off + piece])
 
     async def finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        self._feed_pcm(self.decoder.finish())
+        self._feed_pcm(self._channel(self.decoder.finish()))
         self.session.input_finished()
         self._wake.set()
 
@@ -170,7 +183,7 @@ class AsyncStream:
                 self._wake.clear()
                 while self.session.has_work():
                     events = await loop.run_in_executor(self.runtime.executor, self.session.process)
-                    if self.session.pending_ms <= self._high // 2:
+                    if self.session.pending_ms <= self._high:
                         self._drained.set()
                     for ev in events:
                         await self._events.put(ev)

@@ -138,12 +138,16 @@ class RecognitionSession:
         events: list[Event] = []
         if chunks:
             audio = np.concatenate(chunks)
-            self._append_buffer(audio)
-            probs = self.vad.probabilities(self._vad_state, audio)
-            for p in probs:
-                self._processed += FRAME
-                self._on_frame(float(p), events)
-            self._maybe_partial(events)
+            # walk the audio in partial-interval steps, so a large chunk gets the same
+            # partials as many small ones (unless recognition is behind: then they are skipped)
+            step = max(FRAME, self.options.partial_interval_ms * MS) or len(audio)
+            for off in range(0, len(audio), step):
+                piece = audio[off:off + step]
+                self._append_buffer(piece)
+                for p in self.vad.probabilities(self._vad_state, piece):
+                    self._processed += FRAME
+                    self._on_frame(float(p), events)
+                self._maybe_partial(events, backlog_ms=(len(audio) - off - len(piece)) // MS)
         if finished and not self._done:
             tail = len(self._vad_state.leftover)
             self._processed += tail
@@ -213,12 +217,12 @@ class RecognitionSession:
         self._sentence = nxt
         events.append(SpeechStarted(nxt.sentence_id, cut // MS))
 
-    def _maybe_partial(self, events: list[Event]) -> None:
+    def _maybe_partial(self, events: list[Event], backlog_ms: int) -> None:
         s = self._sentence
         o = self.options
         if (s is None or not s.confirmed or o.partial_interval_ms <= 0
                 or self._processed - s.last_partial_at < o.partial_interval_ms * MS
-                or self.pending_ms > o.partial_skip_backlog_ms):
+                or self.pending_ms + backlog_ms > o.partial_skip_backlog_ms):
             return
         s.last_partial_at = self._processed
         audio = self._audio(s.start, self._processed)

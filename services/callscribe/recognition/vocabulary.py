@@ -1,0 +1,214 @@
+"""Hotword vocabularies (the DashScope ``speech-biasing`` customization API), kept in SQLite.
+
+A vocabulary is a list of ``{"text", "weight", "lang"}`` entries under an id like
+``vocab-<prefix>-<32 hex>``.  DashScope's limits are enforced here with messages that say
+what to fix: at most 500 entries; weight an integer 1..5; an entry at most 10 Chinese
+characters or 5 English words; a prefix of at most 10 lowercase letters or digits.
+
+Every vocabulary belongs to an *owner* (the API key's id, ``anonymous`` without keys): one
+key never sees or uses another key's vocabularies.  The store is safe to share between
+threads (one connection, one lock; WAL journal).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from callscribe.errors import SessionError
+
+MAX_ENTRIES = 500
+MAX_CJK_CHARS = 10
+MAX_WORDS = 5
+MAX_TEXT_CHARS = 100
+_PREFIX = re.compile(r"^[a-z0-9]{1,10}$")
+_ID = re.compile(r"^vocab-[a-z0-9]{1,10}-[0-9a-f]{32}$")
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
+_LANG = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Hotword:
+    text: str
+    weight: int
+    lang: str | None = None
+
+
+class VocabularyError(SessionError):
+    """A vocabulary request broke a rule; the message says which."""
+
+    code = "InvalidParameter"
+
+
+class VocabularyNotFound(VocabularyError):
+    code = "VocabularyNotFound"
+
+
+def validate_prefix(prefix: Any) -> str:
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise VocabularyError(f"prefix {prefix!r} is invalid: use 1 to 10 lowercase letters "
+                              "or digits")
+    return prefix
+
+
+def validate_entries(entries: Any) -> list[Hotword]:
+    """Check a vocabulary against DashScope's limits; return it as Hotwords."""
+    if not isinstance(entries, list) or not entries:
+        raise VocabularyError("vocabulary must be a non-empty list of "
+                              '{"text": ..., "weight": 1-5, "lang": ...} entries')
+    if len(entries) > MAX_ENTRIES:
+        raise VocabularyError(f"vocabulary has {len(entries)} entries; the limit is "
+                              f"{MAX_ENTRIES}")
+    out: list[Hotword] = []
+    seen: set[str] = set()
+    for i, e in enumerate(entries):
+        where = f"vocabulary[{i}]"
+        if not isinstance(e, dict):
+            raise VocabularyError(f"{where} must be an object with text, weight and lang")
+        text = e.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise VocabularyError(f"{where}.text must be a non-empty string")
+        text = " ".join(text.split())
+        if len(text) > MAX_TEXT_CHARS:
+            raise VocabularyError(f"{where}.text is longer than {MAX_TEXT_CHARS} characters")
+        cjk = len(_CJK.findall(text))
+        if cjk:
+            n = len(text.replace(" ", ""))
+            if n > MAX_CJK_CHARS:
+                raise VocabularyError(f"{where}.text {text!r} has {n} characters; an entry "
+                                      f"with Chinese holds at most {MAX_CJK_CHARS}")
+        else:
+            n = len(text.split())
+            if n > MAX_WORDS:
+                raise VocabularyError(f"{where}.text {text!r} has {n} words; an entry holds "
+                                      f"at most {MAX_WORDS} English words")
+        weight = e.get("weight")
+        if isinstance(weight, float) and weight.is_integer():
+            weight = int(weight)
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 5:
+            raise VocabularyError(f"{where}.weight {weight!r} is invalid: an integer from 1 "
+                                  "to 5")
+        lang = e.get("lang")
+        if lang is not None and (not isinstance(lang, str) or not _LANG.match(lang)):
+            raise VocabularyError(f"{where}.lang {lang!r} is invalid: a language code such as "
+                                  "zh or en")
+        if text.lower() in seen:
+            raise VocabularyError(f"{where}.text {text!r} appears twice")
+        seen.add(text.lower())
+        out.append(Hotword(text, weight, lang))
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _as_dicts(words: list[Hotword]) -> list[dict[str, Any]]:
+    return [{"text": w.text, "weight": w.weight, "lang": w.lang} for w in words]
+
+
+class VocabularyStore:
+    """CRUD on vocabularies; ``path`` may be ``":memory:"`` for tests."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        with self._lock:
+            if str(path) != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("""CREATE TABLE IF NOT EXISTS vocabularies (
+                vocabulary_id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                prefix TEXT NOT NULL,
+                target_model TEXT NOT NULL,
+                entries TEXT NOT NULL,
+                gmt_create TEXT NOT NULL,
+                gmt_modified TEXT NOT NULL)""")
+            self._db.execute("CREATE INDEX IF NOT EXISTS vocab_owner ON vocabularies "
+                             "(owner, gmt_create)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, owner: str, target_model: str, prefix: str, entries: Any) -> str:
+        if not isinstance(target_model, str) or not target_model:
+            raise VocabularyError("target_model is required (the ASR model the vocabulary is "
+                                  "for, e.g. fun-asr-realtime)")
+        validate_prefix(prefix)
+        words = validate_entries(entries)
+        vid = f"vocab-{prefix}-{uuid.uuid4().hex}"
+        now = _now()
+        with self._lock:
+            self._db.execute("INSERT INTO vocabularies VALUES (?,?,?,?,?,?,?)",
+                             (vid, owner, prefix, target_model,
+                              json.dumps(_as_dicts(words), ensure_ascii=False), now, now))
+        return vid
+
+    def list(self, owner: str, prefix: str | None = None, page_index: int = 0,
+             page_size: int = 10) -> list[dict[str, Any]]:
+        if prefix is not None:
+            validate_prefix(prefix)
+        if not isinstance(page_index, int) or isinstance(page_index, bool) or page_index < 0:
+            raise VocabularyError("page_index must be an integer >= 0")
+        if not isinstance(page_size, int) or isinstance(page_size, bool) \
+                or not 1 <= page_size <= 100:
+            raise VocabularyError("page_size must be an integer from 1 to 100")
+        sql = "SELECT vocabulary_id, gmt_create, gmt_modified FROM vocabularies WHERE owner=?"
+        args: list[Any] = [owner]
+        if prefix is not None:
+            sql += " AND prefix=?"
+            args.append(prefix)
+        sql += " ORDER BY gmt_create DESC, vocabulary_id LIMIT ? OFFSET ?"
+        args += [page_size, page_index * page_size]
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [{"vocabulary_id": r[0], "gmt_create": r[1], "gmt_modified": r[2],
+                 "status": "OK"} for r in rows]
+
+    def _row(self, owner: str, vocabulary_id: Any) -> tuple:
+        if not isinstance(vocabulary_id, str) or not _ID.match(vocabulary_id):
+            raise VocabularyNotFound(f"vocabulary_id {vocabulary_id!r} does not exist (ids look "
+                                     "like vocab-<prefix>-<32 hex digits>)")
+        row = self._db.execute("SELECT target_model, entries, gmt_create, gmt_modified FROM "
+                               "vocabularies WHERE vocabulary_id=? AND owner=?",
+                               (vocabulary_id, owner)).fetchone()
+        if row is None:
+            raise VocabularyNotFound(f"vocabulary_id {vocabulary_id} does not exist")
+        return row
+
+    def get(self, owner: str, vocabulary_id: str) -> dict[str, Any]:
+        with self._lock:
+            target_model, entries, created, modified = self._row(owner, vocabulary_id)
+        return {"vocabulary": json.loads(entries), "target_model": target_model,
+                "gmt_create": created, "gmt_modified": modified, "status": "OK"}
+
+    def update(self, owner: str, vocabulary_id: str, entries: Any) -> None:
+        words = validate_entries(entries)
+        with self._lock:
+            self._row(owner, vocabulary_id)
+            self._db.execute("UPDATE vocabularies SET entries=?, gmt_modified=? WHERE "
+                             "vocabulary_id=? AND owner=?",
+                             (json.dumps(_as_dicts(words), ensure_ascii=False), _now(),
+                              vocabulary_id, owner))
+
+    def delete(self, owner: str, vocabulary_id: str) -> None:
+        with self._lock:
+            self._row(owner, vocabulary_id)
+            self._db.execute("DELETE FROM vocabularies WHERE vocabulary_id=? AND owner=?",
+                             (vocabulary_id, owner))
+
+    def hotwords(self, owner: str, vocabulary_id: str) -> list[Hotword]:
+        """The entries of ``vocabulary_id`` for recognition; VocabularyNotFound if absent."""
+        with self._lock:
+            _, entries, _, _ = self._row(owner, vocabulary_id)
+        return [Hotword(e["text"], int(e["weight"]), e.get("lang")) for e in json.loads(entries)]
