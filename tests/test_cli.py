@@ -73,3 +73,26 @@ def test_raw_pcm_needs_rate_and_errors_are_clear(tmp_path):
     assert "Traceback" not in out.stderr
     missing = run_cli("transcribe", str(tmp_path / "nope.wav"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_text_output_shows_language_and_emotion(stereo_call):
+    out = run_cli("transcribe", str(stereo_call))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) >= 2
+    import re
+    for line in lines:
+        assert re.match(r"^\[ch[01]\] \[\d\d:\d\d\.\d{3} en (positive|negative|neutral)\] \S", line), line
+
+
+def test_hotword_options_are_validated(stereo_call, tmp_path):
+    bad = run_cli("transcribe", "--hotword", "billing:9", str(stereo_call))
+    assert bad.returncode == 2 and "weight 9 is invalid" in bad.stderr
+    vocab = tmp_path / "v.json"
+    vocab.write_text('[{"text": "one two three four five six", "weight": 3, "lang": "en"}]')
+    bad = run_cli("transcribe", "--vocabulary", str(vocab), str(stereo_call))
+    assert bad.returncode == 2 and "at most 5 English words" in bad.stderr
+    vocab.write_text('[{"text": "billing department", "weight": 4, "lang": "en"}]')
+    ok = run_cli("transcribe", "--format", "json", "--vocabulary", str(vocab), str(stereo_call))
+    assert ok.returncode == 0, ok.stderr
+    assert "billing department" in ok.stdout.lower()

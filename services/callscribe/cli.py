@@ -25,6 +25,34 @@ def _progress_factory(enabled: bool):
     return factory
 
 
+def _hotwords(args: argparse.Namespace) -> list:
+    """--vocabulary FILE (DashScope JSON list, or one ``text[:weight]`` per line) + --hotword."""
+    import json
+
+    from callscribe.recognition.vocabulary import validate_entries
+
+    entries: list[dict] = []
+    if args.vocabulary:
+        path = Path(args.vocabulary)
+        if not path.is_file():
+            raise ConfigurationError(f"{path}: no such vocabulary file")
+        raw = path.read_text(encoding="utf-8")
+        if raw.lstrip().startswith(("[", "{")):
+            doc = json.loads(raw)
+            entries.extend(doc.get("vocabulary", []) if isinstance(doc, dict) else doc)
+        else:
+            entries.extend(_hotword_entry(line) for line in raw.splitlines() if line.strip())
+    entries.extend(_hotword_entry(h) for h in args.hotword or ())
+    return validate_entries(entries) if entries else []
+
+
+def _hotword_entry(spec: str) -> dict:
+    text, _, weight = spec.strip().rpartition(":")
+    if not text or not weight.strip().isdigit():
+        text, weight = spec.strip(), "4"
+    return {"text": text, "weight": int(weight)}
+
+
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     from callscribe.recognition.runtime import Runtime, StreamOptions
     from callscribe.transcribe import iter_outputs
@@ -35,7 +63,8 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigurationError(f"{f}: no such file")
     hints = tuple(args.language.split(",")) if args.language else ()
     opts = StreamOptions(format=args.audio_format or "pcm", sample_rate=args.sample_rate,
-                         language_hints=hints,
+                         language_hints=hints, hotwords=tuple(_hotwords(args)),
+                         itn=not args.no_itn, disfluency_removal=args.disfluency_removal,
                          max_sentence_silence_ms=args.max_sentence_silence, partials=False)
     runtime = Runtime.create(settings)
     try:
@@ -83,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format when it cannot be sniffed (pcm, mulaw, alaw, ...)")
     t.add_argument("--max-sentence-silence", type=int, default=None, metavar="MS",
                    help="silence that ends a sentence, 200..6000 ms")
+    t.add_argument("--hotword", action="append", metavar="TEXT[:WEIGHT]",
+                   help="bias recognition toward TEXT (weight 1..5, default 4); repeatable")
+    t.add_argument("--vocabulary", metavar="FILE",
+                   help='hotwords: a JSON list of {"text", "weight", "lang"} or text[:weight] lines')
+    t.add_argument("--no-itn", action="store_true",
+                   help="keep numbers as words (no inverse text normalisation)")
+    t.add_argument("--disfluency-removal", action="store_true", help="drop uh, um, 嗯, 呃 ...")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_transcribe)
 

@@ -101,7 +101,9 @@ def render(results: list[tuple[int, FinalSentence]], fmt: str, *, file: str | No
             doc = {"file": file, **doc}
         return json.dumps(doc, ensure_ascii=False)
     if fmt == "text":
-        return "\n".join(label(ch) + s.text for ch, s in results)
+        return "\n".join(f"{label(ch)}[{_ts(s.begin_time, '.')[3:]} {s.language or '?'}"
+                         f"{' ' + s.emotion.polarity if s.emotion else ''}] {s.text}"
+                         for ch, s in results)
     lines: list[str] = ["WEBVTT", ""] if fmt == "vtt" else []
     sep = "." if fmt == "vtt" else ","
     for i, (ch, s) in enumerate(results, 1):

@@ -28,6 +28,10 @@ class DecodeRequest:
     prompt: str | None = None
     #: text decoded for the previous sentence (conditioning); may be ignored
     previous_text: str | None = None
+    #: hotword prompt, applied only where it pays: the engine decodes with and without it and
+    #: keeps the biased text only when it contains more of ``bias_terms``
+    bias_prompt: str | None = None
+    bias_terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,16 @@ _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 
 
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _mentions(text: str, terms: tuple[str, ...]) -> int:
+    """How many of ``terms`` occur in ``text`` (case, spaces and punctuation ignored)."""
+    flat = _squash(zhconv.convert(text, "zh-cn"))
+    return sum(1 for t in terms if _squash(t) and _squash(t) in flat)
+
+
 class WhisperEngine:
     """One loaded Whisper model serving every session of the process (thread-safe)."""
 
@@ -100,10 +110,11 @@ class WhisperEngine:
         return (hints[0] if hints else "en"), 0.0
 
     def _prompt(self, tok: Tokenizer, req: DecodeRequest, language: str | None,
-                timestamps: bool) -> list[int]:
+                timestamps: bool, bias: bool = False) -> list[int]:
         prompt: list[int] = []
         # no instruction-like default prompt: Whisper base copies such prompts into the output
-        context = " ".join(x for x in (req.prompt, req.previous_text) if x)
+        context = " ".join(x for x in (req.bias_prompt if bias else None, req.prompt,
+                                       req.previous_text) if x)
         if context:
             prompt.append(tok.sot_prev)
             prompt.extend(tok.encode(" " + context.strip())[-200:])
@@ -168,6 +179,14 @@ class WhisperEngine:
                 tokens, no_speech, avg = self._generate(
                     enc, tok, self._prompt(tok, req, language, False), duration, False)
                 text = tok.decode(tokens).strip()
+            biased = False
+            if req.bias_prompt and req.bias_terms and not req.partial:
+                b_tokens, b_ns, b_avg = self._generate(
+                    enc, tok, self._prompt(tok, req, language, False, bias=True), duration, False)
+                b_text = tok.decode(b_tokens).strip()
+                if (_mentions(b_text, req.bias_terms) > _mentions(text, req.bias_terms)
+                        and not self._looping(b_text)):
+                    tokens, no_speech, avg, text, biased = b_tokens, b_ns, b_avg, b_text, True
             words: tuple[RawWord, ...] = ()
             if not req.partial and tokens:
                 words = self._words(tok, tokens, enc, num_frames)
@@ -181,6 +200,7 @@ class WhisperEngine:
             text=text, words=words, language=language, language_probability=lang_p,
             no_speech_probability=no_speech, avg_logprob=avg,
             stats={"window_s": round(window, 2), "tokens": len(tokens), "fallback": fallback,
+                   "biased": biased,
                    "cpu_s": time.process_time() - t0})
 
     def _words(self, tok: Tokenizer, tokens: list[int], enc, num_frames: int) -> tuple[RawWord, ...]:

@@ -23,12 +23,11 @@ if TYPE_CHECKING:
     from callscribe.settings import Settings
 
 
-def prompt_for(hotwords, context: str | None, language_hints) -> str | None:
-    """Decoder prompt: the hotwords (highest weight first) and any free context text."""
-    language = language_hints[0] if language_hints else None
-    parts = [p for p in (build_prompt(hotwords, language) if hotwords else None,
-                         context.strip()[:400] if context else None) if p]
-    return " ".join(parts) or None
+def hotword_prompt(hotwords, language_hints) -> str | None:
+    """Decoder prompt listing the hotwords, highest weight first (None without hotwords)."""
+    if not hotwords:
+        return None
+    return build_prompt(hotwords, language_hints[0] if language_hints else None)
 
 
 def make_final_hook(opts: StreamOptions, settings: Settings,

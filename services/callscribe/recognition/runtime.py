@@ -25,7 +25,7 @@ from callscribe.audio import open_decoder
 from callscribe.errors import CallscribeError, Overloaded, SessionError
 from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
 from callscribe.recognition.events import Event
-from callscribe.recognition.postprocess import make_final_hook, prompt_for
+from callscribe.recognition.postprocess import hotword_prompt, make_final_hook
 from callscribe.recognition.session import RecognitionSession, SessionOptions
 from callscribe.settings import Settings
 
@@ -83,7 +83,9 @@ class Runtime:
             partial_interval_ms=s.partial_interval_ms if opts.partials else 0,
             vad_threshold=s.vad_threshold,
             max_buffered_audio_ms=s.max_buffered_audio_ms,
-            prompt=prompt_for(opts.hotwords, opts.context, opts.language_hints),
+            prompt=opts.context.strip()[:400] if opts.context else None,
+            bias_prompt=hotword_prompt(opts.hotwords, opts.language_hints),
+            bias_terms=tuple(h.text for h in opts.hotwords),
         )
 
     def new_session(self, opts: StreamOptions) -> RecognitionSession:

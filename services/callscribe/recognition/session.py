@@ -42,8 +42,11 @@ class SessionOptions:
     min_speech_ms: int = 160
     speech_pad_ms: int = 200
     max_buffered_audio_ms: int = 60000
-    #: decoder prompt (hotwords, context)
+    #: decoder prompt applied to every decode (free context text)
     prompt: str | None = None
+    #: hotword prompt and terms: finals are decoded with and without it (see DecodeRequest)
+    bias_prompt: str | None = None
+    bias_terms: tuple[str, ...] = ()
     #: partials are skipped while more than this much audio waits to be processed
     partial_skip_backlog_ms: int = 1500
 
@@ -266,7 +269,8 @@ class RecognitionSession:
     def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None) -> DecodeResult:
         return self.engine.decode(DecodeRequest(
             audio=audio, partial=partial, language_hints=self.options.language_hints,
-            language=language, prompt=self.options.prompt))
+            language=language, prompt=self.options.prompt,
+            bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms))
 
     @staticmethod
     def _hallucination(result: DecodeResult, audio: np.ndarray) -> bool:
