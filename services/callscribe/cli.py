@@ -1,4 +1,4 @@
-"""``callscribe`` command line: transcribe | serve | models."""
+"""``callscribe`` command line: transcribe | serve | produce | models."""
 
 from __future__ import annotations
 
@@ -127,12 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="rebuild even when installed")
     m.set_defaults(func=cmd_models)
 
-    try:
-        from callscribe.cli_serve import add_serve_parser
-    except ImportError:  # pragma: no cover - the service is optional in a trimmed install
-        pass
-    else:
-        add_serve_parser(sub)
+    from callscribe.cli_produce import add_produce_parser
+    from callscribe.cli_serve import add_serve_parser
+
+    add_serve_parser(sub)
+    add_produce_parser(sub)
     return p
 
 

@@ -62,4 +62,14 @@ class SpeechStopped:
     end_time: int
 
 
-Event = SpeechStarted | Partial | FinalSentence | SpeechStopped
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The input up to ``end_time`` was committed (``AsyncStream.commit``): every event about
+    the audio before it came first.  ``discarded``: the open sentence was dropped, not decoded.
+    Only emitted on request, never by plain streaming."""
+
+    end_time: int
+    discarded: bool = False
+
+
+Event = SpeechStarted | Partial | FinalSentence | SpeechStopped | Committed

@@ -47,6 +47,10 @@ class StreamOptions:
     channel: int = 0
     #: extra context text to bias recognition (Qwen ``corpus.text``)
     context: str | None = None
+    #: Silero speech probability threshold; None: ``settings.vad_threshold``
+    vad_threshold: float | None = None
+    #: False: silence never ends a sentence, the caller ends sentences with ``commit()``
+    endpointing: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -81,7 +85,8 @@ class Runtime:
             max_sentence_silence_ms=opts.max_sentence_silence_ms or s.max_sentence_silence_ms,
             max_sentence_ms=s.max_sentence_ms,
             partial_interval_ms=s.partial_interval_ms if opts.partials else 0,
-            vad_threshold=s.vad_threshold,
+            vad_threshold=s.vad_threshold if opts.vad_threshold is None else opts.vad_threshold,
+            endpointing=opts.endpointing,
             max_buffered_audio_ms=s.max_buffered_audio_ms,
             prompt=opts.context.strip()[:400] if opts.context else None,
             bias_prompt=hotword_prompt(opts.hotwords, opts.language_hints),
@@ -166,6 +171,17 @@ class AsyncStream:
         self._finished = True
         self._feed_pcm(self._channel(self.decoder.finish()))
         self.session.input_finished()
+        self._wake.set()
+
+    async def commit(self, discard: bool = False) -> None:
+        """End the current sentence after all audio put so far (``Committed`` follows its
+        events); ``discard`` drops it undecoded.  Ordered with ``put``: call it from the same
+        task, after the ``put`` of the last audio that belongs before the commit."""
+        if self._finished:
+            raise SessionError("commit after finish")
+        if self._task.done():
+            self._task.result()
+        self.session.force_endpoint(discard)
         self._wake.set()
 
     async def events(self) -> AsyncIterator[Event]:

@@ -10,13 +10,21 @@ the same events whatever the feeding pace.
 Segmentation: Silero VAD per 32 ms frame.  Speech is confirmed after ``min_speech_ms`` of
 voiced frames; the sentence ends after ``max_sentence_silence_ms`` of silence, or is cut at
 its quietest recent frame when it reaches ``max_sentence_ms``.
+
+Commits (``force_endpoint``): the caller may end the current sentence at an exact point of the
+input instead of waiting for silence (the Qwen realtime protocol's manual mode and its
+``input_audio_buffer.commit`` / ``.clear``).  With ``endpointing=False`` silence never ends a
+sentence, so everything between two commits is one sentence (still cut at ``max_sentence_ms``,
+the decoder's window).  A commit emits :class:`~callscribe.recognition.events.Committed` after
+the events of the audio before it; a sentence never starts before the last commit.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,8 +32,8 @@ import numpy as np
 from callscribe.asr.engine import DecodeRequest, DecodeResult, Engine
 from callscribe.asr.vad import FRAME, FRAME_MS, SAMPLE_RATE, SileroVad, VadState
 from callscribe.errors import Overloaded, SessionError
-from callscribe.recognition.events import (Event, FinalSentence, Partial, SpeechStarted,
-                                           SpeechStopped)
+from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
+                                           SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import close_sentence, settle, to_words, words_text
 
 MS = SAMPLE_RATE // 1000
@@ -49,6 +57,9 @@ class SessionOptions:
     bias_terms: tuple[str, ...] = ()
     #: partials are skipped while more than this much audio waits to be processed
     partial_skip_backlog_ms: int = 1500
+    #: False: silence never ends a sentence; only ``force_endpoint`` (or the end of input, or
+    #: ``max_sentence_ms``) does.  For clients that decide utterance boundaries themselves.
+    endpointing: bool = True
 
     def __post_init__(self) -> None:
         if not 200 <= self.max_sentence_silence_ms <= 6000:
@@ -56,6 +67,13 @@ class SessionOptions:
                                "range: it must be between 200 and 6000")
         if not 1000 <= self.max_sentence_ms <= 30000:
             raise SessionError("max_sentence_ms must be between 1000 and 30000")
+
+
+@dataclass(frozen=True, slots=True)
+class _Commit:
+    """A marker in the input queue: end the sentence here (``force_endpoint``)."""
+
+    discard: bool
 
 
 #: hook applied to every final sentence in the worker thread: (sentence, sentence audio) -> sentence
@@ -84,7 +102,7 @@ class RecognitionSession:
         self.options = options or SessionOptions()
         self.final_hook = final_hook
         self._lock = threading.Lock()
-        self._pending: deque[np.ndarray] = deque()
+        self._pending: deque[np.ndarray | _Commit] = deque()
         self._pending_samples = 0
         self._finished_input = False
         self._done = False
@@ -96,6 +114,8 @@ class RecognitionSession:
         self._sentence: _Sentence | None = None
         self._next_id = 1
         self._silence_run_ms = 0
+        self._floor = 0  # sample index of the last commit: sentences start at or after it
+        self._prev_text: str | None = None
         self.decodes = {"partial": 0, "final": 0}
 
     # --- input (any thread) -------------------------------------------------------------
@@ -116,6 +136,15 @@ class RecognitionSession:
         with self._lock:
             self._finished_input = True
 
+    def force_endpoint(self, discard: bool = False) -> None:
+        """End the current sentence after all audio accepted so far, as if silence had been
+        detected there, and emit ``Committed``.  ``discard``: drop the sentence instead of
+        decoding it (a SpeechStopped is still emitted when a SpeechStarted was)."""
+        with self._lock:
+            if self._finished_input:
+                raise SessionError("commit after the end of input")
+            self._pending.append(_Commit(discard))
+
     @property
     def pending_ms(self) -> int:
         return self._pending_samples // MS
@@ -129,18 +158,24 @@ class RecognitionSession:
         return self._done
 
     def has_work(self) -> bool:
-        return bool(self._pending_samples) or (self._finished_input and not self._done)
+        return bool(self._pending) or (self._finished_input and not self._done)
 
     # --- processing (one worker thread at a time) ---------------------------------------
     def process(self) -> list[Event]:
         with self._lock:
-            chunks = list(self._pending)
+            items = list(self._pending)
             self._pending.clear()
             self._pending_samples = 0
             finished = self._finished_input
         events: list[Event] = []
-        if chunks:
-            audio = np.concatenate(chunks)
+        later = sum(len(x) for x in items if not isinstance(x, _Commit))
+        for is_commit, group in itertools.groupby(items, key=lambda x: isinstance(x, _Commit)):
+            if is_commit:
+                for c in group:
+                    self._commit(c.discard, events)
+                continue
+            audio = np.concatenate(list(group))
+            later -= len(audio)
             # walk the audio in partial-interval steps, so a large chunk gets the same
             # partials as many small ones (unless recognition is behind: then they are skipped)
             step = max(FRAME, self.options.partial_interval_ms * MS) or len(audio)
@@ -150,7 +185,8 @@ class RecognitionSession:
                 for p in self.vad.probabilities(self._vad_state, piece):
                     self._processed += FRAME
                     self._on_frame(float(p), events)
-                self._maybe_partial(events, backlog_ms=(len(audio) - off - len(piece)) // MS)
+                self._maybe_partial(events,
+                                    backlog_ms=(len(audio) - off - len(piece) + later) // MS)
         if finished and not self._done:
             tail = len(self._vad_state.leftover)
             self._processed += tail
@@ -181,7 +217,7 @@ class RecognitionSession:
         s = self._sentence
         if s is None:
             if voiced:
-                start = max(0, frame_end - FRAME - o.speech_pad_ms * MS)
+                start = max(self._floor, frame_end - FRAME - o.speech_pad_ms * MS)
                 self._sentence = _Sentence(self._next_id, start=start, last_voiced=frame_end,
                                            last_partial_at=frame_end, voiced_ms=FRAME_MS)
                 self._silence_run_ms = 0
@@ -200,10 +236,29 @@ class RecognitionSession:
             elif self._silence_run_ms >= 200:
                 self._sentence = None  # a click, not speech
             return
-        if self._silence_run_ms >= o.max_sentence_silence_ms:
+        if o.endpointing and self._silence_run_ms >= o.max_sentence_silence_ms:
             self._end_sentence(s.last_voiced + o.speech_pad_ms * MS, events)
         elif frame_end - s.start >= o.max_sentence_ms * MS:
             self._cut_long_sentence(events)
+
+    def _commit(self, discard: bool, events: list[Event]) -> None:
+        # the < 32 ms the VAD has not scored yet belong before the commit: count them as
+        # processed (they are in the buffer) and start the next VAD frame after them
+        self._processed += len(self._vad_state.leftover)
+        self._vad_state.leftover = self._vad_state.leftover[:0]
+        end = self._processed
+        s = self._sentence
+        if s is not None:
+            if s.confirmed and not discard:
+                self._end_sentence(min(end, s.last_voiced + self.options.speech_pad_ms * MS),
+                                   events)
+            else:
+                self._sentence = None
+                self._silence_run_ms = 0
+                if s.confirmed:
+                    events.append(SpeechStopped(s.sentence_id, end // MS))
+        self._floor = end
+        events.append(Committed(end // MS, discard))
 
     def _cut_long_sentence(self, events: list[Event]) -> None:
         s = self._sentence
@@ -212,7 +267,7 @@ class RecognitionSession:
         probs = np.asarray(s.frame_probs)
         third = max(1, len(probs) // 3)
         idx = len(probs) - third + int(np.argmin(probs[-third:]))
-        cut = s.start + (self._processed - s.start) - (len(probs) - idx - 1) * FRAME
+        cut = self._processed - (len(probs) - idx - 1) * FRAME
         self._end_sentence(cut, events, stopped=False)
         nxt = _Sentence(self._next_id, start=cut, last_voiced=self._processed,
                         last_partial_at=self._processed, confirmed=True,
@@ -232,7 +287,7 @@ class RecognitionSession:
         result = self._decode(audio, partial=True, language=s.language)
         self.decodes["partial"] += 1
         text = result.text.strip()
-        if not text or self._hallucination(result, audio):
+        if not text or self._hallucination(result):
             return
         s.language = s.language or result.language
         settled, tail = settle(s.prev_partial, text, s.settled_prev)
@@ -249,10 +304,11 @@ class RecognitionSession:
         if not s.confirmed:
             return
         audio = self._audio(s.start, end)
-        result = self._decode(audio, partial=False, language=s.language)
+        result = self._decode(audio, partial=False, language=s.language,
+                              previous=self._prev_text)
         self.decodes["final"] += 1
         begin_ms, end_ms = s.start // MS, end // MS
-        if result.text.strip() and not self._hallucination(result, audio):
+        if result.text.strip() and not self._hallucination(result):
             words = close_sentence(to_words(result.words, begin_ms, end_ms, result.language),
                                    result.language)
             if words:
@@ -262,23 +318,21 @@ class RecognitionSession:
                 if self.final_hook is not None:
                     final = self.final_hook(final, audio)
                 events.append(final)
+                self._prev_text = result.text.strip()[-200:]
                 self._next_id += 1
         if stopped:
             events.append(SpeechStopped(s.sentence_id, end_ms))
 
-    def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None) -> DecodeResult:
-        return self.engine.decode(DecodeRequest(
+    def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None,
+                previous: str | None = None) -> DecodeResult:
+        return self.engine.decode(DecodeRequest(previous_text=previous,
             audio=audio, partial=partial, language_hints=self.options.language_hints,
             language=language, prompt=self.options.prompt,
             bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms))
 
     @staticmethod
-    def _hallucination(result: DecodeResult, audio: np.ndarray) -> bool:
+    def _hallucination(result: DecodeResult) -> bool:
         """Whisper's own rule: likely no speech and not confidently decoded."""
         if result.no_speech_probability > 0.6 and result.avg_logprob < -1.0:
             return True
         return result.avg_logprob < -1.6
-
-
-def with_options(options: SessionOptions, **changes: object) -> SessionOptions:
-    return replace(options, **changes)

@@ -1,0 +1,53 @@
+"""API-key authentication: keys are kept only as SHA-256 digests and compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+#: the key id used for every client when no keys are configured (loopback-only mode)
+ANONYMOUS = "anonymous"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class ApiKeys:
+    """The configured keys.  ``identify`` returns a stable, non-secret id for a valid key."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self._digests = [_digest(k) for k in keys if k]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def identify(self, authorization: str | None) -> str | None:
+        """Key id for an ``Authorization: Bearer <key>`` header value, None when invalid.
+
+        Every configured digest is compared (no early exit), each with
+        :func:`hmac.compare_digest`, so timing does not reveal which key matched or how much.
+        """
+        if not self.enabled:
+            return ANONYMOUS
+        key = parse_bearer(authorization)
+        if key is None:
+            return None
+        candidate = _digest(key)
+        found: bytes | None = None
+        for d in self._digests:
+            if hmac.compare_digest(candidate, d):
+                found = d
+        return "key-" + found.hex()[:12] if found is not None else None
+
+
+def parse_bearer(value: str | None) -> str | None:
+    """The token of ``Bearer <token>`` (scheme case-insensitive), else None."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token

@@ -1,0 +1,591 @@
+"""The Qwen-ASR realtime protocol (``/api-ws/v1/realtime``) as a Sans-I/O state machine.
+
+One :class:`QwenRealtimeProtocol` per WebSocket; one socket is one session.  Same contract as
+:mod:`callscribe.protocols.run_task`: feed it client events and recognition events, take
+:meth:`outputs` (frames, recognition commands, a report) in order; the clock is injected.
+
+The recognition stream opens at the first ``input_audio_buffer.append`` after
+``session.update`` and serves the whole session.  VAD mode (``turn_detection.type
+server_vad``): every sentence the recogniser's VAD finds is one conversation item.  Manual
+mode (``turn_detection: null``): the stream runs without endpointing and every
+``input_audio_buffer.commit`` ends one item (:class:`CommitInput` -> ``Committed``).  Errors:
+client mistakes answer an ``error`` event of type ``invalid_request_error`` and keep the
+session; server failures answer ``server_error`` and close.  Codes are listed in the README.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Callable
+
+from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
+from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY,
+                                         AbortRecognition, AudioData, Close, CommitInput,
+                                         FinishInput, Output, ProtocolError, SendFrame,
+                                         StartRecognition, TaskOptions, TaskReport, dumps,
+                                         wire_error)
+from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
+                                           SpeechStarted, SpeechStopped)
+from callscribe.recognition.words import UNSPACED
+
+MODEL = "qwen3-asr-flash-realtime"
+#: the model and its dated snapshots (``qwen3-asr-flash-realtime-2025-10-27``)
+MODEL_RE = re.compile(r"^qwen3-asr-flash-realtime(-\d{4}-\d{2}-\d{2})?$")
+#: accepted ``input_audio_format`` values -> decoder format ("pcm16": the SDK's legacy default)
+FORMATS = {"pcm": "pcm", "pcm16": "pcm", "opus": "opus"}
+SAMPLE_RATES = (16000, 8000)
+#: largest base64 ``audio`` field of one append (characters)
+MAX_APPEND_B64 = 15 * 1024 * 1024
+#: WebSocket frame limit of this endpoint: above MAX_APPEND_B64, so an oversized append gets
+#: an ``error`` event instead of a 1009 close
+MAX_FRAME_BYTES = 20 * 1024 * 1024
+#: manual mode: most audio between two commits
+MAX_UNCOMMITTED_MS = 60_000
+#: no client event for this long: close
+IDLE_TIMEOUT_S = 60.0
+DEFAULT_THRESHOLD = 0.2
+DEFAULT_SILENCE_MS = 800
+
+
+def vad_probability(threshold: float, base: float) -> float:
+    """Qwen's ``turn_detection.threshold`` (-1..1, default 0.2, higher = less sensitive) as a
+    Silero speech probability: piecewise linear through (-1, 0.05), (0.2, ``base``, the
+    server's tuned ``CALLSCRIBE_VAD_THRESHOLD``) and (1, 0.95)."""
+    if threshold >= DEFAULT_THRESHOLD:
+        return round(base + (threshold - DEFAULT_THRESHOLD) / 0.8 * (0.95 - base), 4)
+    return round(base - (DEFAULT_THRESHOLD - threshold) / 1.2 * (base - 0.05), 4)
+
+
+class RequestError(ProtocolError):
+    """A client error: answered with an ``error`` event naming ``param``; the session stays."""
+
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Config:
+    format: str = "pcm"
+    sample_rate: int = 16000
+    language: str | None = None
+    corpus: str | None = None
+    vad: bool = True
+    threshold: float = DEFAULT_THRESHOLD
+    silence_ms: int = DEFAULT_SILENCE_MS
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_session(s: dict[str, Any], cur: Config) -> Config:
+    """``cur`` updated by a ``session.update`` body, in either shape the SDK sends (legacy
+    ``input_audio_format`` + ``sample_rate``, or ``audio.input.format = {type, sample_rate}``).
+    Absent keys keep their value; unknown keys are ignored."""
+    fmt, rate, fp, rp = s.get("input_audio_format"), s.get("sample_rate"), \
+        "session.input_audio_format", "session.sample_rate"
+    new = (s.get("audio") or {}).get("input", {}).get("format") \
+        if isinstance(s.get("audio"), dict) and isinstance(s["audio"].get("input"), dict) else None
+    if isinstance(new, dict):
+        fmt, rate = new.get("type"), new.get("sample_rate")
+        fp, rp = "session.audio.input.format.type", "session.audio.input.format.sample_rate"
+    out = cur
+    if fmt is not None:
+        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+            raise RequestError(f"Invalid value: {fmt!r}. Supported values are: 'pcm', 'opus'.",
+                               "invalid_value", fp)
+        out = replace(out, format=FORMATS[fmt.lower()])
+    if rate is not None:
+        if rate not in SAMPLE_RATES or isinstance(rate, bool):
+            raise RequestError(f"Invalid value: {rate!r}. Supported sample rates are 16000 and "
+                               "8000 (Hz).", "invalid_value", rp)
+        out = replace(out, sample_rate=int(rate))
+    tr = s.get("input_audio_transcription")
+    if isinstance(tr, dict):
+        lang = tr.get("language")
+        if lang is not None and (not isinstance(lang, str) or not 0 < len(lang) <= 16):
+            raise RequestError(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
+                               "'en'.", "invalid_value", "session.input_audio_transcription.language")
+        corpus = tr.get("corpus")
+        text = corpus.get("text") if isinstance(corpus, dict) else None
+        if text is not None and not isinstance(text, str):
+            raise RequestError("corpus.text must be a string", "invalid_value",
+                               "session.input_audio_transcription.corpus.text")
+        out = replace(out, language=lang.strip().lower() if lang else None,
+                      corpus=text.strip() or None if text else None)
+    if "turn_detection" in s:
+        td = s["turn_detection"]
+        if td is None:
+            return replace(out, vad=False)
+        if not isinstance(td, dict):
+            raise RequestError("turn_detection must be an object or null", "invalid_value",
+                               "session.turn_detection")
+        if td.get("type", "server_vad") != "server_vad":
+            raise RequestError(f"Invalid value: {td.get('type')!r}. Supported values are: "
+                               "'server_vad' (or turn_detection: null for manual commits).",
+                               "invalid_value", "session.turn_detection.type")
+        th = td.get("threshold", DEFAULT_THRESHOLD)
+        if not _number(th) or not -1.0 <= th <= 1.0:
+            raise RequestError(f"Invalid value: {th!r}. threshold is a number from -1 to 1.",
+                               "invalid_value", "session.turn_detection.threshold")
+        sil = td.get("silence_duration_ms", DEFAULT_SILENCE_MS)
+        if not _number(sil) or sil != int(sil) or not 200 <= sil <= 6000:
+            raise RequestError(f"Invalid value: {sil!r}. silence_duration_ms is an integer from "
+                               "200 to 6000.", "invalid_value",
+                               "session.turn_detection.silence_duration_ms")
+        out = replace(out, vad=True, threshold=float(th), silence_ms=int(sil))
+    return out
+
+
+class State(Enum):
+    OPEN = "open"
+    FINISHING = "finishing"  # session.finish (or the shutdown grace) ended input
+    CLOSED = "closed"
+
+
+@dataclass
+class _Item:
+    id: str
+    texts: list[str] = field(default_factory=list)
+    language: str | None = None
+    emotion: str = "neutral"
+    longest: int = -1
+    implicit: bool = False  # committed by session.finish: dropped when nothing was said
+
+
+@dataclass
+class _Stream:
+    sid: str
+    offset_ms: int  # session audio time at the stream's start
+    audio_ms: int = 0
+    pending: int = 0  # AudioData handed out, not yet consumed
+
+
+class QwenRealtimeProtocol:
+    name = "qwen-realtime"
+
+    def __init__(self, *, clock: Callable[[], float], model: str | None,
+                 default_vad_threshold: float = 0.5, max_task_seconds: int = 4 * 3600,
+                 ids: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+        self._clock, self._ids = clock, ids
+        self.base_threshold = default_vad_threshold
+        self.max_audio_ms = max_task_seconds * 1000
+        self.session_id = "sess_" + ids()
+        self.model = model or ""
+        self.config = Config()
+        self.state = State.OPEN
+        self._outputs: list[Output] = []
+        self._configured = False
+        self._stream: _Stream | None = None
+        self._streams = 0
+        self._audio_ms = 0  # session audio time of streams that ended
+        self._speech: _Item | None = None  # VAD mode: the sentence in progress
+        self._open: _Item | None = None  # manual mode: the uncommitted item
+        self._awaiting: deque[_Item] = deque()  # manual mode: committed, not yet recognised
+        self._last_committed: str | None = None
+        self._uncommitted = False
+        self._commit_ms = 0
+        self._append_eid: str | None = None
+        self._items = 0
+        self._last_event_at = clock()
+        self._first_audio_at: float | None = None
+        self._first_text_at: float | None = None
+        self._finish_at: float | None = None
+        self._shutdown_at: float | None = None
+        self._shutdown_ended = False
+        if not MODEL_RE.match(self.model):
+            self._error(SessionError(f"model {model!r} is not supported here; use {MODEL} or a "
+                                     f"dated snapshot ({MODEL}-YYYY-MM-DD)",
+                                     code="ModelNotFound"), param="model", fatal=True)
+            return
+        self._send("session.created", session=self._session())
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def outputs(self) -> list[Output]:
+        out, self._outputs = self._outputs, []
+        return out
+
+    def _send(self, type_: str, **fields: Any) -> None:
+        self._outputs.append(SendFrame(dumps({"event_id": "event_" + self._ids(),
+                                              "type": type_, **fields})))
+
+    def _session(self) -> dict[str, Any]:
+        c = self.config
+        tr: dict[str, Any] = {}
+        if c.language:
+            tr["language"] = c.language
+        if c.corpus:
+            tr["corpus"] = {"text": c.corpus}
+        return {"id": self.session_id, "object": "realtime.session", "model": self.model,
+                "modalities": ["text"], "input_audio_format": c.format,
+                "sample_rate": c.sample_rate, "input_audio_transcription": tr,
+                "turn_detection": {"type": "server_vad", "threshold": c.threshold,
+                                   "silence_duration_ms": c.silence_ms} if c.vad else None}
+
+    def _error(self, exc: BaseException, *, event_id: str | None = None,
+               param: str | None = None, fatal: bool = False) -> None:
+        """An ``error`` event; server errors (and ``fatal`` ones) close the session."""
+        code, message, close = wire_error(exc)
+        client = close == CLOSE_POLICY
+        self._send("error", error={"type": "invalid_request_error" if client else "server_error",
+                                   "code": code, "message": message,
+                                   "param": getattr(exc, "param", param), "event_id": event_id})
+        if fatal or not client:
+            self._fail(close, code)
+
+    # --- client events -----------------------------------------------------------------------
+
+    def receive_text(self, text: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._last_event_at = self._clock()
+        try:
+            msg = json.loads(text)
+        except (ValueError, RecursionError):
+            return self._error(RequestError("the text frame is not valid JSON; every client "
+                                             'event is {"type": ..., "event_id": ..., ...}',
+                                             "invalid_json"))
+        eid = msg.get("event_id") if isinstance(msg, dict) else None
+        eid = eid if isinstance(eid, str) else None
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if not isinstance(kind, str):
+            return self._error(RequestError('a client event is a JSON object with a string '
+                                            '"type"', "invalid_event", "type"), event_id=eid)
+        handler = self._handlers.get(kind)
+        if handler is None:
+            return self._error(RequestError(
+                f"Invalid value: {kind[:64]!r}. Supported values are: "
+                f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
+                event_id=eid)
+        if self.state is State.FINISHING:
+            return self._error(RequestError(f"{kind} after session.finish: the session is "
+                                            "ending", "session_finishing", "type"), event_id=eid)
+        if kind != "session.update" and kind != "session.finish" and not self._configured:
+            return self._error(RequestError(f"{kind} before session.update: configure the "
+                                            "session first", "session_not_configured", "type"),
+                               event_id=eid)
+        try:
+            handler(self, msg)
+        except RequestError as exc:
+            self._error(exc, event_id=eid)
+
+    def receive_binary(self, data: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._last_event_at = self._clock()
+        self._error(RequestError("binary frames are not part of this protocol; send audio as "
+                                 "base64 in input_audio_buffer.append", "binary_frame"))
+
+    def _on_update(self, msg: dict[str, Any]) -> None:
+        body = msg.get("session")
+        if not isinstance(body, dict):
+            raise RequestError("session.update needs a 'session' object", "invalid_value",
+                               "session")
+        cfg = parse_session(body, self.config)
+        if self._stream is not None and cfg != self.config:
+            raise RequestError("audio format, sample rate, turn detection, language and corpus "
+                               "cannot change once audio was appended; open a new session",
+                               "session_already_started", "session")
+        self.config, self._configured = cfg, True
+        self._send("session.updated", session=self._session())
+
+    def _on_append(self, msg: dict[str, Any]) -> None:
+        audio = msg.get("audio")
+        if not isinstance(audio, str):
+            raise RequestError("'audio' must be a base64 string", "invalid_value", "audio")
+        if len(audio) > MAX_APPEND_B64:
+            raise RequestError(f"the audio field has {len(audio)} characters; one append takes "
+                               f"at most {MAX_APPEND_B64} (15 MiB)", "audio_too_large", "audio")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
+        if not data:
+            return
+        st = self._stream or self._open_stream()
+        st.pending += 1
+        self._uncommitted = True
+        self._append_eid = msg.get("event_id") if isinstance(msg.get("event_id"), str) else None
+        if self._first_audio_at is None:
+            self._first_audio_at = self._clock()
+        self._outputs.append(AudioData(st.sid, data))
+
+    def _open_stream(self) -> _Stream:
+        self._streams += 1
+        sid = self.session_id if self._streams == 1 else f"{self.session_id}-{self._streams}"
+        self._stream = st = _Stream(sid, self._audio_ms)
+        c = self.config
+        self._outputs.append(StartRecognition(sid, TaskOptions(
+            model=self.model, format=c.format, sample_rate=c.sample_rate,
+            language_hints=(c.language,) if c.language else (),
+            max_sentence_silence_ms=c.silence_ms, context=c.corpus, endpointing=c.vad,
+            vad_threshold=vad_probability(c.threshold, self.base_threshold) if c.vad else None)))
+        return st
+
+    def _on_commit(self, msg: dict[str, Any]) -> None:
+        if self.config.vad:
+            raise RequestError("input_audio_buffer.commit is for manual mode (turn_detection: "
+                               "null); with server_vad the server commits each utterance",
+                               "commit_in_vad_mode", "type")
+        if not self._uncommitted or self._stream is None:
+            raise RequestError("the input audio buffer is empty: append audio before commit",
+                               "input_audio_buffer_commit_empty")
+        item = self._open or self._new_item()
+        self._open = None
+        self._commit_events(item)
+        self._awaiting.append(item)
+        self._cut(discard=False)
+
+    def _on_clear(self, msg: dict[str, Any]) -> None:
+        if self._stream is not None:
+            self._cut(discard=True)
+        self._send("input_audio_buffer.cleared")
+
+    def _cut(self, discard: bool) -> None:
+        assert self._stream is not None
+        self._uncommitted = False
+        self._commit_ms = self._now_ms()
+        self._outputs.append(CommitInput(self._stream.sid, discard))
+
+    def _on_finish(self, msg: dict[str, Any]) -> None:
+        self._finish_at = self._clock()
+        self._end_input()
+
+    def _end_input(self) -> None:
+        """session.finish or the end of the shutdown grace: recognise what is pending."""
+        self.state = State.FINISHING
+        if self._stream is None:
+            return self._finished()
+        if not self.config.vad and self._uncommitted:
+            item = self._open or self._new_item()
+            item.implicit, self._open = True, None
+            self._awaiting.append(item)
+            self._cut(discard=False)
+        self._outputs.append(FinishInput(self._stream.sid))
+
+    _handlers = {"session.update": _on_update, "input_audio_buffer.append": _on_append,
+                 "input_audio_buffer.commit": _on_commit, "input_audio_buffer.clear": _on_clear,
+                 "session.finish": _on_finish}
+
+    # --- items -------------------------------------------------------------------------------
+
+    def _new_item(self) -> _Item:
+        return _Item("item_" + self._ids())
+
+    def _commit_events(self, item: _Item) -> None:
+        prev, self._last_committed = self._last_committed, item.id
+        self._send("input_audio_buffer.committed", previous_item_id=prev, item_id=item.id)
+        self._send("conversation.item.created", previous_item_id=prev, item={
+            "id": item.id, "object": "realtime.item", "type": "message", "status": "completed",
+            "role": "user", "content": [{"type": "input_audio", "transcript": None}]})
+
+    def _joined(self, item: _Item, more: str = "") -> str:
+        sep = "" if (item.language or self.config.language) in UNSPACED else " "
+        return sep.join(t for t in (*item.texts, more) if t)
+
+    def _complete(self, item: _Item) -> None:
+        if item.implicit:
+            if not item.texts:
+                return  # session.finish with nothing said: no item
+            self._commit_events(item)
+        self._items += 1
+        self._send("conversation.item.input_audio_transcription.completed", item_id=item.id,
+                   content_index=0, language=item.language or self.config.language,
+                   emotion=item.emotion, transcript=self._joined(item))
+
+    def _stop_speech(self, end_ms: int) -> None:
+        item, self._speech = self._speech, None
+        assert item is not None
+        self._send("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=item.id)
+        self._commit_events(item)
+        self._complete(item)
+
+    def _target(self) -> _Item:
+        """The item recognition events are about."""
+        if self.config.vad:
+            self._speech = self._speech or self._new_item()
+            return self._speech
+        if self._awaiting:
+            return self._awaiting[0]
+        self._open = self._open or self._new_item()
+        return self._open
+
+    # --- recognition side --------------------------------------------------------------------
+
+    def _current(self, sid: str) -> _Stream | None:
+        st = self._stream
+        return st if st is not None and st.sid == sid and self.state is not State.CLOSED else None
+
+    def _now_ms(self) -> int:
+        st = self._stream
+        return st.offset_ms + st.audio_ms if st is not None else self._audio_ms
+
+    def recognition_started(self, task_id: str) -> None:
+        pass  # nothing to announce: session.created went out on connect
+
+    def audio_consumed(self, task_id: str, audio_ms: int) -> None:
+        st = self._current(task_id)
+        if st is None:
+            return
+        st.pending = max(0, st.pending - 1)
+        st.audio_ms = max(st.audio_ms, int(audio_ms))
+        self._last_event_at = max(self._last_event_at, self._clock())
+        now = self._now_ms()
+        if now > self.max_audio_ms:
+            return self._error(AudioTooLarge(f"the session exceeds the maximum of "
+                                             f"{self.max_audio_ms // 1000} s of audio"),
+                               event_id=self._append_eid, param="audio", fatal=True)
+        if not self.config.vad and self._uncommitted and \
+                now - self._commit_ms > MAX_UNCOMMITTED_MS and self.state is State.OPEN:
+            self._cut(discard=True)
+            self._error(RequestError(f"more than {MAX_UNCOMMITTED_MS // 1000} s of audio without "
+                                     "input_audio_buffer.commit; the uncommitted audio was "
+                                     "discarded", "input_audio_buffer_too_long", "audio"),
+                        event_id=self._append_eid)
+
+    def recognition_event(self, task_id: str, event: Event, *, audio_ms: int | None = None) -> None:
+        st = self._current(task_id)
+        if st is None:
+            return
+        off, vad = st.offset_ms, self.config.vad
+        if isinstance(event, SpeechStarted):
+            if vad:
+                self._speech = self._new_item()
+                self._send("input_audio_buffer.speech_started",
+                           audio_start_ms=off + event.begin_time, item_id=self._speech.id)
+        elif isinstance(event, Partial):
+            if event.text:
+                item = self._target()
+                if self._first_text_at is None:
+                    self._first_text_at = self._clock()
+                self._send("conversation.item.input_audio_transcription.text", item_id=item.id,
+                           content_index=0,
+                           language=event.language or item.language or self.config.language,
+                           emotion=item.emotion, text=self._joined(item, event.settled),
+                           stash=event.tail)
+        elif isinstance(event, FinalSentence):
+            item = self._target()
+            if event.text:
+                item.texts.append(event.text)
+                item.language = item.language or event.language
+                if event.emotion is not None and len(event.text) > item.longest:
+                    item.emotion, item.longest = event.emotion.label, len(event.text)
+            if vad:
+                self._stop_speech(off + event.end_time)
+        elif isinstance(event, SpeechStopped):
+            if vad and self._speech is not None:  # speech without words
+                self._stop_speech(off + event.end_time)
+        elif isinstance(event, Committed):
+            if event.discarded:
+                self._speech = self._open = None
+            elif self._awaiting:
+                self._complete(self._awaiting.popleft())
+
+    def recognition_finished(self, task_id: str, *, audio_ms: int | None = None) -> None:
+        st = self._current(task_id)
+        if st is None:
+            return
+        while self._awaiting:
+            self._complete(self._awaiting.popleft())
+        self._audio_ms, self._stream = self._now_ms(), None
+        if self.state is not State.FINISHING:
+            return self._error(SessionError("recognition ended on its own", code="InternalError"))
+        self._finished()
+
+    def _finished(self) -> None:
+        if self._shutdown_ended:
+            return self._error(ProtocolError("the server is shutting down: the audio received "
+                                             "was recognised; reconnect to continue",
+                                             code="ServerShuttingDown"), fatal=True)
+        self._send("session.finished")
+        self._report("finished")
+        self._close(CLOSE_NORMAL, "session finished")
+
+    def recognition_failed(self, task_id: str, error: BaseException) -> None:
+        st = self._current(task_id)
+        if st is None:
+            return
+        code, message, close = wire_error(error)
+        for item in (*self._awaiting, self._open, self._speech):
+            if item is not None and not item.implicit:
+                self._send("conversation.item.input_audio_transcription.failed", item_id=item.id,
+                           content_index=0, error={"code": code, "message": message,
+                                                   "param": None})
+        if close != CLOSE_POLICY or self.state is State.FINISHING:
+            return self._error(error, event_id=self._append_eid, param="audio", fatal=True)
+        # bad audio: this stream is gone; the next append starts a new one
+        self._outputs.append(AbortRecognition(st.sid))
+        self._audio_ms, self._stream = self._now_ms(), None
+        self._awaiting.clear()
+        self._open = self._speech = None
+        self._uncommitted = False
+        self._error(error, event_id=self._append_eid, param="audio")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def connection_lost(self, error_code: str | None = None) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self._stream is not None:
+            self._outputs.append(AbortRecognition(self._stream.sid))
+        self._report("failed" if error_code else "client_gone", error_code)
+        self.state = State.CLOSED
+
+    def shutdown(self, grace_s: float) -> None:
+        if self.state is not State.OPEN or self._shutdown_at is not None:
+            return
+        self._shutdown_at = self._clock() + max(0.0, grace_s)
+        self._shutdown_ended = self._stream is None
+        if self._stream is None or grace_s <= 0:
+            self._shutdown_ended = True
+            self._end_input()
+
+    def next_deadline(self) -> float | None:
+        if self.state is not State.OPEN:
+            return None
+        st = self._stream
+        idle = self._last_event_at + IDLE_TIMEOUT_S if st is None or st.pending == 0 else None
+        return min((t for t in (idle, self._shutdown_at) if t is not None), default=None)
+
+    def handle_timers(self) -> None:
+        if self.state is not State.OPEN:
+            return
+        now = self._clock()
+        if self._shutdown_at is not None and now >= self._shutdown_at:
+            self._shutdown_ended = True
+            return self._end_input()
+        st = self._stream
+        if (st is None or st.pending == 0) and now >= self._last_event_at + IDLE_TIMEOUT_S:
+            self._error(RequestError(f"no client event for {IDLE_TIMEOUT_S:.0f} s",
+                                     "idle_timeout"), fatal=True)
+
+    def _fail(self, close: int, reason: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self._stream is not None:
+            self._outputs.append(AbortRecognition(self._stream.sid))
+            self._audio_ms, self._stream = self._now_ms(), None
+        self._report("failed", reason)
+        self._close(CLOSE_GOING_AWAY if reason == "ServerShuttingDown" else close, reason)
+
+    def _close(self, code: int, reason: str) -> None:
+        self.state = State.CLOSED
+        self._outputs.append(Close(code, reason[:120]))
+
+    def _report(self, outcome: str, code: str | None = None) -> None:
+        fpd = lpd = None
+        if self._first_audio_at is not None and self._first_text_at is not None:
+            fpd = round((self._first_text_at - self._first_audio_at) * 1000, 1)
+        if outcome == "finished" and self._finish_at is not None:
+            lpd = round((self._clock() - self._finish_at) * 1000, 1)
+        self._outputs.append(TaskReport(self.session_id, self.model or "-", outcome,
+                                        self._now_ms(), self._items, fpd, lpd, code))
