@@ -18,29 +18,24 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
 from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
-from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY,
-                                         AbortRecognition, AudioData, Close, CommitInput,
-                                         FinishInput, Output, ProtocolError, SendFrame,
+from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
+                                         CLOSE_POLICY, AbortRecognition, AudioData, Close,
+                                         CommitInput, FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
+from callscribe.protocols.qwen_session import (MODEL, MODEL_RE, Config, RequestError,
+                                               parse_session, vad_probability)
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
 
-MODEL = "qwen3-asr-flash-realtime"
-#: the model and its dated snapshots (``qwen3-asr-flash-realtime-2025-10-27``)
-MODEL_RE = re.compile(r"^qwen3-asr-flash-realtime(-\d{4}-\d{2}-\d{2})?$")
-#: accepted ``input_audio_format`` values -> decoder format ("pcm16": the SDK's legacy default)
-FORMATS = {"pcm": "pcm", "pcm16": "pcm", "opus": "opus"}
-SAMPLE_RATES = (16000, 8000)
 #: largest base64 ``audio`` field of one append (characters)
 MAX_APPEND_B64 = 15 * 1024 * 1024
 #: WebSocket frame limit of this endpoint: above MAX_APPEND_B64, so an oversized append gets
@@ -50,99 +45,6 @@ MAX_FRAME_BYTES = 20 * 1024 * 1024
 MAX_UNCOMMITTED_MS = 60_000
 #: no client event for this long: close
 IDLE_TIMEOUT_S = 60.0
-DEFAULT_THRESHOLD = 0.2
-DEFAULT_SILENCE_MS = 800
-
-
-def vad_probability(threshold: float, base: float) -> float:
-    """Qwen's ``turn_detection.threshold`` (-1..1, default 0.2, higher = less sensitive) as a
-    Silero speech probability: piecewise linear through (-1, 0.05), (0.2, ``base``, the
-    server's tuned ``CALLSCRIBE_VAD_THRESHOLD``) and (1, 0.95)."""
-    if threshold >= DEFAULT_THRESHOLD:
-        return round(base + (threshold - DEFAULT_THRESHOLD) / 0.8 * (0.95 - base), 4)
-    return round(base - (DEFAULT_THRESHOLD - threshold) / 1.2 * (base - 0.05), 4)
-
-
-class RequestError(ProtocolError):
-    """A client error: answered with an ``error`` event naming ``param``; the session stays."""
-
-    def __init__(self, message: str, code: str, param: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.param = param
-
-
-@dataclass(frozen=True)
-class Config:
-    format: str = "pcm"
-    sample_rate: int = 16000
-    language: str | None = None
-    corpus: str | None = None
-    vad: bool = True
-    threshold: float = DEFAULT_THRESHOLD
-    silence_ms: int = DEFAULT_SILENCE_MS
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def parse_session(s: dict[str, Any], cur: Config) -> Config:
-    """``cur`` updated by a ``session.update`` body, in either shape the SDK sends (legacy
-    ``input_audio_format`` + ``sample_rate``, or ``audio.input.format = {type, sample_rate}``).
-    Absent keys keep their value; unknown keys are ignored."""
-    fmt, rate, fp, rp = s.get("input_audio_format"), s.get("sample_rate"), \
-        "session.input_audio_format", "session.sample_rate"
-    new = (s.get("audio") or {}).get("input", {}).get("format") \
-        if isinstance(s.get("audio"), dict) and isinstance(s["audio"].get("input"), dict) else None
-    if isinstance(new, dict):
-        fmt, rate = new.get("type"), new.get("sample_rate")
-        fp, rp = "session.audio.input.format.type", "session.audio.input.format.sample_rate"
-    out = cur
-    if fmt is not None:
-        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
-            raise RequestError(f"Invalid value: {fmt!r}. Supported values are: 'pcm', 'opus'.",
-                               "invalid_value", fp)
-        out = replace(out, format=FORMATS[fmt.lower()])
-    if rate is not None:
-        if rate not in SAMPLE_RATES or isinstance(rate, bool):
-            raise RequestError(f"Invalid value: {rate!r}. Supported sample rates are 16000 and "
-                               "8000 (Hz).", "invalid_value", rp)
-        out = replace(out, sample_rate=int(rate))
-    tr = s.get("input_audio_transcription")
-    if isinstance(tr, dict):
-        lang = tr.get("language")
-        if lang is not None and (not isinstance(lang, str) or not 0 < len(lang) <= 16):
-            raise RequestError(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
-                               "'en'.", "invalid_value", "session.input_audio_transcription.language")
-        corpus = tr.get("corpus")
-        text = corpus.get("text") if isinstance(corpus, dict) else None
-        if text is not None and not isinstance(text, str):
-            raise RequestError("corpus.text must be a string", "invalid_value",
-                               "session.input_audio_transcription.corpus.text")
-        out = replace(out, language=lang.strip().lower() if lang else None,
-                      corpus=text.strip() or None if text else None)
-    if "turn_detection" in s:
-        td = s["turn_detection"]
-        if td is None:
-            return replace(out, vad=False)
-        if not isinstance(td, dict):
-            raise RequestError("turn_detection must be an object or null", "invalid_value",
-                               "session.turn_detection")
-        if td.get("type", "server_vad") != "server_vad":
-            raise RequestError(f"Invalid value: {td.get('type')!r}. Supported values are: "
-                               "'server_vad' (or turn_detection: null for manual commits).",
-                               "invalid_value", "session.turn_detection.type")
-        th = td.get("threshold", DEFAULT_THRESHOLD)
-        if not _number(th) or not -1.0 <= th <= 1.0:
-            raise RequestError(f"Invalid value: {th!r}. threshold is a number from -1 to 1.",
-                               "invalid_value", "session.turn_detection.threshold")
-        sil = td.get("silence_duration_ms", DEFAULT_SILENCE_MS)
-        if not _number(sil) or sil != int(sil) or not 200 <= sil <= 6000:
-            raise RequestError(f"Invalid value: {sil!r}. silence_duration_ms is an integer from "
-                               "200 to 6000.", "invalid_value",
-                               "session.turn_detection.silence_duration_ms")
-        out = replace(out, vad=True, threshold=float(th), silence_ms=int(sil))
-    return out
 
 
 class State(Enum):
@@ -204,7 +106,7 @@ class QwenRealtimeProtocol:
         if not MODEL_RE.match(self.model):
             self._error(SessionError(f"model {model!r} is not supported here; use {MODEL} or a "
                                      f"dated snapshot ({MODEL}-YYYY-MM-DD)",
-                                     code="ModelNotFound"), param="model", fatal=True)
+                                     code="ModelNotFound"), param="model", close=CLOSE_POLICY)
             return
         self._send("session.created", session=self._session())
 
@@ -232,14 +134,19 @@ class QwenRealtimeProtocol:
                                    "silence_duration_ms": c.silence_ms} if c.vad else None}
 
     def _error(self, exc: BaseException, *, event_id: str | None = None,
-               param: str | None = None, fatal: bool = False) -> None:
-        """An ``error`` event; server errors (and ``fatal`` ones) close the session."""
-        code, message, close = wire_error(exc)
-        client = close == CLOSE_POLICY
+               param: str | None = None, close: int | None = None,
+               server: bool = False) -> None:
+        """An ``error`` event (``invalid_request_error`` for what common.wire_error counts as
+        the client's fault, else ``server_error``).  Server errors close the session with the
+        wire close code; ``close`` closes it with that code whatever the type."""
+        code, message, wire_close = wire_error(exc)
+        client = wire_close == CLOSE_POLICY and not server
         self._send("error", error={"type": "invalid_request_error" if client else "server_error",
                                    "code": code, "message": message,
                                    "param": getattr(exc, "param", param), "event_id": event_id})
-        if fatal or not client:
+        if close is None and not client:
+            close = wire_close
+        if close is not None:
             self._fail(close, code)
 
     # --- client events -----------------------------------------------------------------------
@@ -443,7 +350,7 @@ class QwenRealtimeProtocol:
         if now > self.max_audio_ms:
             return self._error(AudioTooLarge(f"the session exceeds the maximum of "
                                              f"{self.max_audio_ms // 1000} s of audio"),
-                               event_id=self._append_eid, param="audio", fatal=True)
+                               event_id=self._append_eid, param="audio", close=CLOSE_POLICY)
         if not self.config.vad and self._uncommitted and \
                 now - self._commit_ms > MAX_UNCOMMITTED_MS and self.state is State.OPEN:
             self._cut(discard=True)
@@ -498,14 +405,16 @@ class QwenRealtimeProtocol:
             self._complete(self._awaiting.popleft())
         self._audio_ms, self._stream = self._now_ms(), None
         if self.state is not State.FINISHING:
-            return self._error(SessionError("recognition ended on its own", code="InternalError"))
+            return self._error(CallscribeError("recognition ended on its own"), server=True,
+                               close=CLOSE_INTERNAL)
         self._finished()
 
     def _finished(self) -> None:
         if self._shutdown_ended:
-            return self._error(ProtocolError("the server is shutting down: the audio received "
-                                             "was recognised; reconnect to continue",
-                                             code="ServerShuttingDown"), fatal=True)
+            return self._error(CallscribeError("the server is shutting down: the audio received "
+                                               "was recognised; reconnect to continue",
+                                               code="ServerShuttingDown"), server=True,
+                               close=CLOSE_GOING_AWAY)
         self._send("session.finished")
         self._report("finished")
         self._close(CLOSE_NORMAL, "session finished")
@@ -521,7 +430,7 @@ class QwenRealtimeProtocol:
                            content_index=0, error={"code": code, "message": message,
                                                    "param": None})
         if close != CLOSE_POLICY or self.state is State.FINISHING:
-            return self._error(error, event_id=self._append_eid, param="audio", fatal=True)
+            return self._error(error, event_id=self._append_eid, param="audio", close=close)
         # bad audio: this stream is gone; the next append starts a new one
         self._outputs.append(AbortRecognition(st.sid))
         self._audio_ms, self._stream = self._now_ms(), None
@@ -544,7 +453,6 @@ class QwenRealtimeProtocol:
         if self.state is not State.OPEN or self._shutdown_at is not None:
             return
         self._shutdown_at = self._clock() + max(0.0, grace_s)
-        self._shutdown_ended = self._stream is None
         if self._stream is None or grace_s <= 0:
             self._shutdown_ended = True
             self._end_input()
@@ -565,8 +473,8 @@ class QwenRealtimeProtocol:
             return self._end_input()
         st = self._stream
         if (st is None or st.pending == 0) and now >= self._last_event_at + IDLE_TIMEOUT_S:
-            self._error(RequestError(f"no client event for {IDLE_TIMEOUT_S:.0f} s",
-                                     "idle_timeout"), fatal=True)
+            self._error(RequestError(f"no client event for {IDLE_TIMEOUT_S:.0f} s; closing",
+                                     "idle_timeout"), close=CLOSE_NORMAL)
 
     def _fail(self, close: int, reason: str) -> None:
         if self.state is State.CLOSED:
@@ -575,7 +483,7 @@ class QwenRealtimeProtocol:
             self._outputs.append(AbortRecognition(self._stream.sid))
             self._audio_ms, self._stream = self._now_ms(), None
         self._report("failed", reason)
-        self._close(CLOSE_GOING_AWAY if reason == "ServerShuttingDown" else close, reason)
+        self._close(close, reason)
 
     def _close(self, code: int, reason: str) -> None:
         self.state = State.CLOSED

@@ -1,0 +1,117 @@
+"""The Qwen-ASR realtime session configuration: the model names and ``session.update``.
+
+``session.update`` arrives in either shape the ``dashscope`` SDK sends (the legacy top-level
+``input_audio_format`` + ``sample_rate``, or ``session.audio.input.format = {type,
+sample_rate}``); :func:`parse_session` validates either into a :class:`Config`, raising
+:class:`RequestError` with the parameter path for the ``error`` event.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from callscribe.protocols.common import ProtocolError
+
+MODEL = "qwen3-asr-flash-realtime"
+#: the model and its dated snapshots (``qwen3-asr-flash-realtime-2025-10-27``)
+MODEL_RE = re.compile(r"^qwen3-asr-flash-realtime(-\d{4}-\d{2}-\d{2})?$")
+#: accepted ``input_audio_format`` values -> decoder format ("pcm16": the SDK's legacy default)
+FORMATS = {"pcm": "pcm", "pcm16": "pcm", "opus": "opus"}
+SAMPLE_RATES = (16000, 8000)
+DEFAULT_THRESHOLD = 0.2
+DEFAULT_SILENCE_MS = 800
+
+
+def vad_probability(threshold: float, base: float) -> float:
+    """Qwen's ``turn_detection.threshold`` (-1..1, default 0.2, higher = less sensitive) as a
+    Silero speech probability: piecewise linear through (-1, 0.05), (0.2, ``base``, the
+    server's tuned ``CALLSCRIBE_VAD_THRESHOLD``) and (1, 0.95)."""
+    if threshold >= DEFAULT_THRESHOLD:
+        return round(base + (threshold - DEFAULT_THRESHOLD) / 0.8 * (0.95 - base), 4)
+    return round(base - (DEFAULT_THRESHOLD - threshold) / 1.2 * (base - 0.05), 4)
+
+
+class RequestError(ProtocolError):
+    """A client error: answered with an ``error`` event naming ``param``; the session stays."""
+
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Config:
+    format: str = "pcm"
+    sample_rate: int = 16000
+    language: str | None = None
+    corpus: str | None = None
+    vad: bool = True
+    threshold: float = DEFAULT_THRESHOLD
+    silence_ms: int = DEFAULT_SILENCE_MS
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def parse_session(s: dict[str, Any], cur: Config) -> Config:
+    """``cur`` updated by a ``session.update`` body, in either shape the SDK sends (legacy
+    ``input_audio_format`` + ``sample_rate``, or ``audio.input.format = {type, sample_rate}``).
+    Absent keys keep their value; unknown keys are ignored."""
+    fmt, rate = s.get("input_audio_format"), s.get("sample_rate")
+    fp, rp = "session.input_audio_format", "session.sample_rate"
+    audio = s.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    new = inp.get("format") if isinstance(inp, dict) else None
+    if isinstance(new, dict):
+        fmt, rate = new.get("type"), new.get("sample_rate")
+        fp, rp = "session.audio.input.format.type", "session.audio.input.format.sample_rate"
+    out = cur
+    if fmt is not None:
+        if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
+            raise RequestError(f"Invalid value: {fmt!r}. Supported values are: 'pcm', 'opus'.",
+                               "invalid_value", fp)
+        out = replace(out, format=FORMATS[fmt.lower()])
+    if rate is not None:
+        if rate not in SAMPLE_RATES or isinstance(rate, bool):
+            raise RequestError(f"Invalid value: {rate!r}. Supported sample rates are 16000 and "
+                               "8000 (Hz).", "invalid_value", rp)
+        out = replace(out, sample_rate=int(rate))
+    tr = s.get("input_audio_transcription")
+    if isinstance(tr, dict) and "language" in tr:
+        lang = tr["language"]
+        if lang is not None and (not isinstance(lang, str) or not 0 < len(lang) <= 16):
+            raise RequestError(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
+                               "'en'.", "invalid_value", "session.input_audio_transcription.language")
+        out = replace(out, language=lang.strip().lower() if lang else None)
+    if isinstance(tr, dict) and "corpus" in tr:
+        corpus = tr["corpus"]
+        text = corpus.get("text") if isinstance(corpus, dict) else None
+        if text is not None and not isinstance(text, str):
+            raise RequestError("corpus.text must be a string", "invalid_value",
+                               "session.input_audio_transcription.corpus.text")
+        out = replace(out, corpus=(text.strip() or None) if text else None)
+    if "turn_detection" in s:
+        td = s["turn_detection"]
+        if td is None:
+            return replace(out, vad=False)
+        if not isinstance(td, dict):
+            raise RequestError("turn_detection must be an object or null", "invalid_value",
+                               "session.turn_detection")
+        if td.get("type", "server_vad") != "server_vad":
+            raise RequestError(f"Invalid value: {td.get('type')!r}. Supported values are: "
+                               "'server_vad' (or turn_detection: null for manual commits).",
+                               "invalid_value", "session.turn_detection.type")
+        th = td.get("threshold", DEFAULT_THRESHOLD)
+        if not _number(th) or not -1.0 <= th <= 1.0:
+            raise RequestError(f"Invalid value: {th!r}. threshold is a number from -1 to 1.",
+                               "invalid_value", "session.turn_detection.threshold")
+        sil = td.get("silence_duration_ms", DEFAULT_SILENCE_MS)
+        if not _number(sil) or sil != int(sil) or not 200 <= sil <= 6000:
+            raise RequestError(f"Invalid value: {sil!r}. silence_duration_ms is an integer from "
+                               "200 to 6000.", "invalid_value",
+                               "session.turn_detection.silence_duration_ms")
+        out = replace(out, vad=True, threshold=float(th), silence_ms=int(sil))
+    return out
