@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from textmetrics import error_rate  # noqa: E402
+from callscribe.benchmark.metrics import error_rate  # noqa: E402
 
 from callscribe.asr.engine import DecodeRequest  # noqa: E402
 from callscribe.audio import decode_bytes  # noqa: E402

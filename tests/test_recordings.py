@@ -7,7 +7,7 @@ import pytest
 import audiogen
 from callscribe.recognition.runtime import StreamOptions
 from callscribe.transcribe import transcribe_file
-from textmetrics import error_rate, normalize_en
+from callscribe.benchmark.metrics import error_rate, normalize_en
 
 ENGLISH = ["en_jfk_16k.wav", "en_librispeech_1995-1837-0001.wav", "en_ps_librivox_0870.wav",
            "en_ps_librivox_0880.wav", "en_ps_librivox_0890.wav", "en_ldc93s1_16k.wav",

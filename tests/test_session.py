@@ -9,7 +9,7 @@ import audiogen
 from callscribe.errors import Overloaded, SessionError
 from callscribe.recognition.events import FinalSentence, Partial, SpeechStarted, SpeechStopped
 from callscribe.recognition.session import RecognitionSession, SessionOptions
-from textmetrics import error_rate
+from callscribe.benchmark.metrics import error_rate
 
 RATE = 16000
 

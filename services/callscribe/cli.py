@@ -1,4 +1,4 @@
-"""``callscribe`` command line: transcribe | serve | produce | models."""
+"""``callscribe`` command line: transcribe | serve | produce | bench | models."""
 
 from __future__ import annotations
 
@@ -127,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="rebuild even when installed")
     m.set_defaults(func=cmd_models)
 
+    from callscribe.cli_bench import add_bench_parser
     from callscribe.cli_produce import add_produce_parser
     from callscribe.cli_serve import add_serve_parser
 
     add_serve_parser(sub)
     add_produce_parser(sub)
+    add_bench_parser(sub)
     return p
 
 

@@ -18,16 +18,17 @@ log = structlog.get_logger("callscribe.serve")
 def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="run the DashScope-compatible real-time recognition service",
-        description="Serve /api-ws/v1/inference (run-task protocol), the vocabulary API, "
-                    "/healthz, /readyz and /metrics on one port.")
+        description="Serve /api-ws/v1/inference (run-task protocol), /api-ws/v1/realtime "
+                    "(Qwen-ASR realtime protocol), the vocabulary API, /healthz, /readyz and "
+                    "/metrics on one port.")
     p.add_argument("--host", default=None,
                    help="address to listen on (default CALLSCRIBE_HOST, 127.0.0.1); anything "
                         "but loopback needs CALLSCRIBE_API_KEYS")
     p.add_argument("--port", type=int, default=None,
                    help="port (default CALLSCRIBE_PORT, 8080; 0 picks a free port)")
     p.add_argument("--drain-seconds", type=float, default=10.0, metavar="S",
-                   help="on SIGTERM, how long running tasks may continue before the server "
-                        "ends them (default 10)")
+                   help="on SIGTERM, how long running tasks and realtime sessions may "
+                        "continue before the server ends them (default 10)")
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S",
                    help="a client must finish the HTTP/WebSocket handshake within this time")
     p.set_defaults(func=run_serve)
@@ -77,7 +78,8 @@ async def serve_main(args: argparse.Namespace, settings: Settings, *,
             stop.set()
         else:
             gw.set_runtime(runtime)
-            log.info("ready", url=f"ws://{gw.host}:{gw.port}/api-ws/v1/inference")
+            log.info("ready", url=f"ws://{gw.host}:{gw.port}/api-ws/v1/inference",
+                     realtime_url=f"ws://{gw.host}:{gw.port}/api-ws/v1/realtime")
     await stopped
     log.info("stop requested")
     await gw.shutdown(getattr(args, "drain_seconds", 10.0))

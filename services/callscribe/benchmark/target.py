@@ -1,0 +1,62 @@
+"""What a benchmark run talks to, per mode, as keyword arguments for ``run_load``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from callscribe.settings import Settings
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@contextlib.contextmanager
+def target(mode: str, settings: Settings, *, kafka: str | None = None) -> Iterator[dict]:
+    from callscribe.benchmark.runner import ServerProcess
+
+    env = {"CALLSCRIBE_MAX_SESSIONS": "256", "CALLSCRIBE_MAX_SESSIONS_PER_KEY": "256"}
+    if mode == "engine":
+        from callscribe.recognition.runtime import Runtime
+        rt = Runtime.create(settings)
+        try:
+            yield {"runtime": rt}
+        finally:
+            rt.close()
+    elif mode == "standalone":
+        with ServerProcess(env) as server:
+            yield {"server": server}
+    else:  # kafka: broker (local unless given) + one worker + serve --kafka
+        with contextlib.ExitStack() as stack:
+            bootstrap = kafka or stack.enter_context(_local_broker())
+            worker = subprocess.Popen([sys.executable, "-m", "callscribe.cli", "worker",
+                                       "--bootstrap", bootstrap],
+                                      env={**os.environ, **env, "CALLSCRIBE_LOG_LEVEL": "warning"},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stack.callback(_stop, worker)
+            server = stack.enter_context(ServerProcess(env, ["--kafka", bootstrap]))
+            yield {"server": server, "worker": worker}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@contextlib.contextmanager
+def _local_broker() -> Iterator[str]:
+    script = REPO / "scripts" / "kafka.sh"
+    d = "/tmp/callscribe-bench-kafka"
+    subprocess.run([str(script), "install"], check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([str(script), "start", "--dir", d], check=True, capture_output=True,
+                         text=True).stdout
+    try:
+        yield out.strip().split("=", 1)[1]
+    finally:
+        subprocess.run([str(script), "stop", "--dir", d], check=False)
