@@ -68,7 +68,6 @@ def test_without_endpointing_silence_does_not_split(runtime, parts):
 def test_commit_ends_the_sentence_at_the_commit_point(runtime, parts):
     a, b, gap = parts
     first = np.concatenate([gap[:8000], a, gap[:3200]])  # only 200 ms of silence after a
-    audio = np.concatenate([first, b, gap])
     s = RecognitionSession(runtime.engine, runtime.vad, SessionOptions(endpointing=False))
     s.accept_waveform(first)
     s.force_endpoint()  # 200 ms after the first sentence: far less than any endpoint silence
@@ -96,6 +95,10 @@ def test_discard_drops_the_sentence(runtime, parts):
     fs = finals(events)
     discarded = [e for e in events if isinstance(e, Committed)]
     assert discarded and discarded[0].discarded
+    # the dropped sentence ends with the Committed event: no SpeechStopped for it
+    i = events.index(discarded[0])
+    assert any(isinstance(e, SpeechStarted) for e in events[:i])
+    assert not any(isinstance(e, SpeechStopped) for e in events[:i])
     assert len(fs) == 1 and "manager" in fs[0].text.lower() and "account" not in fs[0].text.lower()
     assert fs[0].begin_time >= discarded[0].end_time
 

@@ -53,23 +53,23 @@ class Endpoint:
 
     max_frame_bytes: int
     max_queue: int
-    #: (settings, loop clock, query parameters) -> a fresh state machine for one connection
-    make: Callable[[Settings, Callable[[], float], dict[str, str]], Machine]
+    #: (loop clock, query parameters) -> a fresh state machine for one connection
+    make: Callable[[Callable[[], float], dict[str, str]], Machine]
 
 
 def endpoints(s: Settings) -> dict[str, Endpoint]:
-    return {
-        INFERENCE_PATH: Endpoint(s.max_frame_bytes, MAX_QUEUED_FRAMES, lambda s, clock, q:
-                                 RunTaskProtocol(clock=clock, max_frame_bytes=s.max_frame_bytes,
-                                                 max_task_seconds=s.max_task_seconds,
-                                                 default_itn=s.itn_enabled)),
-        # Qwen appends carry up to 15 MiB of base64 each: a bigger frame limit, so fewer queued
-        REALTIME_PATH: Endpoint(qwen_realtime.MAX_FRAME_BYTES, 2, lambda s, clock, q:
-                                qwen_realtime.QwenRealtimeProtocol(
-                                    clock=clock, model=q.get("model"),
-                                    default_vad_threshold=s.vad_threshold,
-                                    max_task_seconds=s.max_task_seconds)),
-    }
+    def run_task(clock: Callable[[], float], query: dict[str, str]) -> Machine:
+        return RunTaskProtocol(clock=clock, max_frame_bytes=s.max_frame_bytes,
+                               max_task_seconds=s.max_task_seconds, default_itn=s.itn_enabled)
+
+    def realtime(clock: Callable[[], float], query: dict[str, str]) -> Machine:
+        return qwen_realtime.QwenRealtimeProtocol(
+            clock=clock, model=query.get("model"), default_vad_threshold=s.vad_threshold,
+            max_task_seconds=s.max_task_seconds)
+
+    return {INFERENCE_PATH: Endpoint(s.max_frame_bytes, MAX_QUEUED_FRAMES, run_task),
+            # a Qwen append carries up to 15 MiB of base64: a bigger frame, fewer queued
+            REALTIME_PATH: Endpoint(qwen_realtime.MAX_FRAME_BYTES, 2, realtime)}
 
 
 def is_loopback(host: str) -> bool:
@@ -152,9 +152,10 @@ class Gateway:
         return rt is not None and bool(getattr(rt, "ready", True)) and not self.draining
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop accepting; let running tasks finish for ``grace_s``, then end them cleanly
-        (results for the audio received, then task-failed ``ServerShuttingDown``, close 1001);
-        return when every connection is closed."""
+        """Stop accepting; let running tasks and realtime sessions finish for ``grace_s``, then
+        end them cleanly (results for the audio received, then ``ServerShuttingDown`` as
+        task-failed or a server_error event, close 1001); return when every connection is
+        closed."""
         if self._server is None:
             return
         self.draining = True
@@ -237,7 +238,7 @@ class Gateway:
 
     async def _handler(self, ws: ServerConnection) -> None:
         endpoint: Endpoint = ws.callscribe_endpoint  # type: ignore[attr-defined]
-        proto = endpoint.make(self.settings, asyncio.get_running_loop().time,
+        proto = endpoint.make(asyncio.get_running_loop().time,
                               ws.callscribe_query)  # type: ignore[attr-defined]
         c = Connection(self, ws, getattr(ws, "callscribe_key", "anonymous"), proto)
         attrs = {"protocol": proto.name}

@@ -93,8 +93,10 @@ class Runtime:
             bias_terms=tuple(h.text for h in opts.hotwords),
         )
 
-    def new_session(self, opts: StreamOptions) -> RecognitionSession:
-        return RecognitionSession(self.engine, self.vad, self.session_options(opts),
+    def new_session(self, opts: StreamOptions, *, engine=None) -> RecognitionSession:
+        """A session on the shared model; ``engine`` wraps it (the Kafka worker's retrying
+        engine) when given."""
+        return RecognitionSession(engine or self.engine, self.vad, self.session_options(opts),
                                   final_hook=make_final_hook(opts, self.settings, self.emotion))
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:

@@ -117,6 +117,9 @@ class RecognitionSession:
         self._floor = 0  # sample index of the last commit: sentences start at or after it
         self._prev_text: str | None = None
         self.decodes = {"partial": 0, "final": 0}
+        #: the Kafka worker turns partials off under load (its backpressure degrades them
+        #: first); read on every partial decision, so it takes effect at once
+        self.partials_enabled = True
 
     # --- input (any thread) -------------------------------------------------------------
     def accept_waveform(self, samples: np.ndarray) -> None:
@@ -138,8 +141,8 @@ class RecognitionSession:
 
     def force_endpoint(self, discard: bool = False) -> None:
         """End the current sentence after all audio accepted so far, as if silence had been
-        detected there, and emit ``Committed``.  ``discard``: drop the sentence instead of
-        decoding it (a SpeechStopped is still emitted when a SpeechStarted was)."""
+        detected there, and emit ``Committed``.  ``discard``: drop the sentence undecoded (no
+        FinalSentence and no SpeechStopped: ``Committed(discarded=True)`` ends it)."""
         with self._lock:
             if self._finished_input:
                 raise SessionError("commit after the end of input")
@@ -156,6 +159,19 @@ class RecognitionSession:
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def safe_ms(self) -> int:
+        """Audio time (ms) before which no sentence will change any more: the start of the open
+        sentence, or with none open the earliest point a new one could start (its pre-roll);
+        everything once done.  The Kafka worker acknowledges chunks up to here.  Read it
+        between two ``process`` calls, not during one."""
+        if self._done:
+            return self._processed // MS
+        if self._sentence is not None:
+            return self._sentence.start // MS
+        pre_roll = FRAME + self.options.speech_pad_ms * MS
+        return max(self._floor, self._processed - pre_roll, 0) // MS
 
     def has_work(self) -> bool:
         return bool(self._pending) or (self._finished_input and not self._done)
@@ -255,8 +271,6 @@ class RecognitionSession:
             else:
                 self._sentence = None
                 self._silence_run_ms = 0
-                if s.confirmed:
-                    events.append(SpeechStopped(s.sentence_id, end // MS))
         self._floor = end
         events.append(Committed(end // MS, discard))
 
@@ -279,6 +293,7 @@ class RecognitionSession:
         s = self._sentence
         o = self.options
         if (s is None or not s.confirmed or o.partial_interval_ms <= 0
+                or not self.partials_enabled
                 or self._processed - s.last_partial_at < o.partial_interval_ms * MS
                 or self.pending_ms + backlog_ms > o.partial_skip_backlog_ms):
             return
