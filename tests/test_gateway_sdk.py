@@ -405,6 +405,13 @@ def test_health_ready_metrics(sdk, server, shared_audio):
     assert "callscribe_task_first_package_delay_milliseconds_bucket" in m.text
     assert "callscribe_task_last_package_delay_milliseconds_count" in m.text
     assert re.search(r'callscribe_tasks_total\{[^}]*outcome="finished"', m.text)
+    # the recognition layer's histograms are filled by the same real session
+    for name in ("callscribe_final_latency_milliseconds_count",
+                 'callscribe_decode_duration_milliseconds_count{kind="final"',
+                 "callscribe_realtime_factor_count"):
+        found = re.search(re.escape(name) + r'[^\n]* (\d+(\.\d+)?)\n', m.text)
+        assert found and float(found.group(1)) > 0, name
+    assert "callscribe_recognition_queue_depth_milliseconds" in m.text
 
 
 # --- bad input, with a good session running at the same time ------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from callscribe.asr.whisper import WhisperEngine
 from callscribe.audio import open_decoder
 from callscribe.errors import CallscribeError, Overloaded, SessionError
 from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
-from callscribe.recognition.events import Event
+from callscribe.recognition.events import Event, FinalSentence, Partial
+from callscribe.recognition.telemetry import RecognitionTelemetry, StreamClock
 from callscribe.recognition.postprocess import hotword_prompt, make_final_hook
 from callscribe.recognition.session import RecognitionSession, SessionOptions
 from callscribe.settings import Settings
@@ -61,6 +63,7 @@ class Runtime:
         self.engine = engine
         self.vad = vad
         self.emotion = emotion
+        self.telemetry = RecognitionTelemetry()
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.ready = True
@@ -97,7 +100,8 @@ class Runtime:
         """A session on the shared model; ``engine`` wraps it (the Kafka worker's retrying
         engine) when given."""
         return RecognitionSession(engine or self.engine, self.vad, self.session_options(opts),
-                                  final_hook=make_final_hook(opts, self.settings, self.emotion))
+                                  final_hook=make_final_hook(opts, self.settings, self.emotion),
+                                  telemetry=self.telemetry)
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
@@ -130,7 +134,14 @@ class AsyncStream:
         #: unprocessed audio (ms) above which put() waits; at most a third of the session's
         #: hard bound, so one more piece always fits
         self._high = max(500, session.options.max_buffered_audio_ms // 3)
+        self._clock = StreamClock()
+        self._first_partials: set[int] = set()
+        runtime.telemetry.track(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def pending_ms(self) -> int:
+        return self.session.pending_ms
 
     @property
     def audio_ms(self) -> int:
@@ -166,6 +177,7 @@ class AsyncStream:
                     raise Overloaded("recognition did not catch up within "
                                      f"{self.backpressure_deadline_s:.0f} s") from None
             self._feed_pcm(pcm[off:off + piece])
+        self._clock.mark(self.session.audio_ms)
 
     async def finish(self) -> None:
         if self._finished:
@@ -202,7 +214,10 @@ class AsyncStream:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.session.has_work():
+                    before = self.session.audio_ms - self.session.pending_ms
+                    t0 = time.perf_counter()
                     events = await loop.run_in_executor(self.runtime.executor, self.session.process)
+                    self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()
                     for ev in events:
@@ -216,10 +231,28 @@ class AsyncStream:
             await self._events.put(CallscribeError(f"recognition failed: {exc}"))
         finally:
             self._drained.set()
+            self.runtime.telemetry.untrack(self)
         await self._events.put(_END)
+
+    def _observe(self, processed_before_ms: int, wall_s: float, events: list) -> None:
+        tel = self.runtime.telemetry
+        done_ms = self.session.audio_ms - self.session.pending_ms - processed_before_ms
+        if done_ms > 0:
+            tel.audio_in.add(done_ms / 1000)
+            tel.rtf.record(wall_s * 1000 / done_ms)
+        for ev in events:
+            if isinstance(ev, Partial) and ev.sentence_id not in self._first_partials:
+                self._first_partials.add(ev.sentence_id)
+                if (ms := self._clock.latency_ms(ev.begin_time)) is not None:
+                    tel.first_partial_ms.record(ms)
+            elif isinstance(ev, FinalSentence):
+                self._first_partials.discard(ev.sentence_id)
+                if (ms := self._clock.latency_ms(ev.end_time)) is not None:
+                    tel.final_ms.record(ms)
 
     async def aclose(self) -> None:
         self._finished = True
+        self.runtime.telemetry.untrack(self)
         if not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -34,6 +35,7 @@ from callscribe.asr.vad import FRAME, FRAME_MS, SAMPLE_RATE, SileroVad, VadState
 from callscribe.errors import Overloaded, SessionError
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
+from callscribe.recognition.telemetry import RecognitionTelemetry
 from callscribe.recognition.words import close_sentence, settle, to_words, words_text
 
 MS = SAMPLE_RATE // 1000
@@ -96,11 +98,13 @@ class _Sentence:
 
 class RecognitionSession:
     def __init__(self, engine: Engine, vad: SileroVad, options: SessionOptions | None = None,
-                 final_hook: FinalHook | None = None) -> None:
+                 final_hook: FinalHook | None = None,
+                 telemetry: RecognitionTelemetry | None = None) -> None:
         self.engine = engine
         self.vad = vad
         self.options = options or SessionOptions()
         self.final_hook = final_hook
+        self.telemetry = telemetry
         self._lock = threading.Lock()
         self._pending: deque[np.ndarray | _Commit] = deque()
         self._pending_samples = 0
@@ -340,10 +344,19 @@ class RecognitionSession:
 
     def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None,
                 previous: str | None = None) -> DecodeResult:
-        return self.engine.decode(DecodeRequest(previous_text=previous,
+        request = DecodeRequest(
             audio=audio, partial=partial, language_hints=self.options.language_hints,
-            language=language, prompt=self.options.prompt,
-            bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms))
+            language=language, prompt=self.options.prompt, previous_text=previous,
+            bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms)
+        if self.telemetry is None:
+            return self.engine.decode(request)
+        kind = "partial" if partial else "final"
+        t0 = time.perf_counter()
+        with self.telemetry.tracer.start_as_current_span(
+                f"decode.{kind}", attributes={"audio_ms": len(audio) // MS}):
+            result = self.engine.decode(request)
+        self.telemetry.decode_ms.record((time.perf_counter() - t0) * 1000, {"kind": kind})
+        return result
 
     @staticmethod
     def _hallucination(result: DecodeResult) -> bool:

@@ -63,7 +63,6 @@ class StreamClock:
 
     def __init__(self, keep: int = 4096) -> None:
         self._marks: deque[tuple[int, float]] = deque(maxlen=keep)
-        self.first_partial_done: set[int] = set()
 
     def mark(self, audio_end_ms: int) -> None:
         self._marks.append((audio_end_ms, time.monotonic()))
