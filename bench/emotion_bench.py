@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.split:
         rows = [r for r in rows if r.get("split", "dev") == args.split]
     est = make_emotion_estimator(args.estimator)
-    if hasattr(est, "warm"):
-        est.warm()
 
     results, times = [], []
     for r in rows:

@@ -11,5 +11,6 @@ fi
 scripts/bootstrap.sh --test
 # a real single-node Kafka broker (KRaft) from Maven Central; tests start and stop it themselves
 scripts/kafka.sh install >&2
+scripts/helm.sh >&2        # pinned Helm from the Go module proxy, cached in ~/.cache/callscribe
 export CALLSCRIBE_REQUIRE_KAFKA=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

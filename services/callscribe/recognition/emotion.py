@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -224,26 +223,19 @@ _EN_PHRASES = [(re.compile(p), w) for p, w in [
       r"\bworks? (now|perfectly|great|fine|well)\b"), 0.35),
 ]]
 
-_vader_lock = threading.Lock()
-_vader = None
+def make_vader():
+    """VADER with the call-centre adjustments (a fresh analyzer; the estimator keeps one)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    a = SentimentIntensityAnalyzer()
+    for w in _EN_NEUTRAL_WORDS:
+        a.lexicon.pop(w, None)
+    a.lexicon.update(_EN_EXTRA_WORDS)
+    return a
 
 
-def _vader_analyzer():
-    global _vader
-    with _vader_lock:
-        if _vader is None:
-            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-            a = SentimentIntensityAnalyzer()
-            for w in _EN_NEUTRAL_WORDS:
-                a.lexicon.pop(w, None)
-            a.lexicon.update(_EN_EXTRA_WORDS)
-            _vader = a
-    return _vader
-
-
-def _english_valence(text: str) -> float:
-    compound = _vader_analyzer().polarity_scores(text)["compound"]
+def _english_valence(text: str, vader) -> float:
+    compound = vader.polarity_scores(text)["compound"]
     low = text.lower()
     extra = sum(w for rx, w in _EN_PHRASES if rx.search(low))
     return max(-1.0, min(1.0, compound + extra))
@@ -303,54 +295,23 @@ def _zh_lexicon_score(text: str) -> tuple[float, int]:
     return total, hits
 
 
-_snow_lock = threading.Lock()
-_snow: tuple | None = None
-
-
-def _snownlp(text: str) -> float:
-    """SnowNLP's naive-Bayes sentiment (0..1).  Its own segmenter costs ~3 ms a sentence, so
-    the text is cut by forward maximum matching over the classifier's vocabulary (~0.05 ms)."""
-    global _snow
-    with _snow_lock:
-        if _snow is None:
-            from snownlp import (  # imports take ~2 s: on first Chinese use
-                normal,
-                sentiment,
-            )
-
-            bayes = sentiment.classifier.classifier
-            vocab = frozenset(w for prob in bayes.d.values() for w in prob.d)
-            _snow = (bayes, vocab, normal.filter_stop)
-    bayes, vocab, filter_stop = _snow
-    words, i = [], 0
-    while i < len(text):
-        n = next(n for n in range(min(4, len(text) - i), 0, -1)
-                 if n == 1 or text[i:i + n] in vocab)
-        words.append(text[i:i + n])
-        i += n
-    label, prob = bayes.classify(filter_stop(words))
-    return float(prob if label == "pos" else 1.0 - prob)
-
-
 def _chinese_valence(text: str) -> float:
+    """Call-centre lexicon with negation and intensifiers.  (SnowNLP was tried: trained on
+    product reviews it called most neutral account questions negative, and its model costs
+    ~400 MiB of RSS per process, so it is not used.)"""
     total, hits = _zh_lexicon_score(text)
-    if not hits:
-        return 0.0
-    lex = math.tanh(total / 1.5)
-    # SnowNLP (trained on product reviews) scales the lexicon verdict by ±20%, never flips it
-    agreement = (2.0 * _snownlp(text) - 1.0) * (1.0 if lex > 0 else -1.0)
-    return lex * (0.8 + 0.2 * agreement)
+    return math.tanh(total / 1.5) if hits else 0.0
 
 
-def text_valence(text: str, language: str | None) -> tuple[float, str]:
-    """Valence in [-1, 1] and the name of what produced it (vader | snownlp+lexicon | none)."""
+def text_valence(text: str, language: str | None, vader=None) -> tuple[float, str]:
+    """Valence in [-1, 1] and the name of what produced it (vader | lexicon | none)."""
     lang = base_language(language, text)
     if not text.strip():
         return 0.0, "none"
     if lang == "en":
-        return _english_valence(text), "vader"
+        return _english_valence(text, vader or make_vader()), "vader"
     if lang == "zh":
-        return _chinese_valence(text), "snownlp+lexicon"
+        return _chinese_valence(text), "lexicon"
     return 0.0, "none"
 
 
@@ -390,11 +351,7 @@ class TextProsodyEmotion:
 
     def __init__(self, polarity_threshold: float = POLARITY_THRESHOLD) -> None:
         self.polarity_threshold = polarity_threshold
-
-    def warm(self) -> None:
-        """Load the lexicons now rather than on the first sentence (SnowNLP takes ~2 s)."""
-        _vader_analyzer()
-        _snownlp("好")
+        self._vader = make_vader()
 
     def features(self, text: str, audio: np.ndarray | None, sample_rate: int,
                  language: str | None) -> ProsodyFeatures | None:
@@ -404,7 +361,7 @@ class TextProsodyEmotion:
 
     def estimate(self, text: str, language: str | None, audio: np.ndarray | None,
                  sample_rate: int = 16000) -> Emotion:
-        valence, text_src = text_valence(text or "", language)
+        valence, text_src = text_valence(text or "", language, self._vader)
         feats = self.features(text or "", audio, sample_rate, language)
         prosody = arousal_from_prosody(feats) if feats is not None else None
         arousal = max(-1.0, min(1.0, (prosody or 0.0) + _text_arousal(text or "")))

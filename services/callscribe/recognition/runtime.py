@@ -76,9 +76,6 @@ class Runtime:
                                num_workers=settings.decode_workers)
         log.info("model loaded", model=engine.model_name, path=str(model_dir))
         emotion = make_emotion_estimator(settings.emotion_estimator)
-        warm = getattr(emotion, "warm", None)
-        if warm is not None:
-            warm()
         return cls(settings, engine, SileroVad(), emotion)
 
     def session_options(self, opts: StreamOptions) -> SessionOptions:
