@@ -53,7 +53,7 @@ async def serve_main(args: argparse.Namespace, settings: Settings, *,
     from callscribe.recognition.vocabulary import VocabularyStore
     from callscribe.telemetry import configure_telemetry
 
-    configure_telemetry()
+    configure_telemetry(otlp_endpoint=settings.otlp_endpoint)
     store = VocabularyStore(settings.vocabulary_db)
     gw = Gateway(settings, vocabulary=store, host=getattr(args, "host", None),
                  port=getattr(args, "port", None),

@@ -27,12 +27,37 @@ _lock = threading.Lock()
 _registry: CollectorRegistry | None = None
 
 
-def configure_telemetry(service_name: str = "callscribe") -> CollectorRegistry:
-    """Install a MeterProvider with a Prometheus reader (once); return its registry."""
+def configure_tracing(service_name: str, otlp_endpoint: str | None) -> bool:
+    """Install a TracerProvider exporting over OTLP/HTTP when an endpoint is configured
+    (``CALLSCRIBE_OTLP_ENDPOINT``, e.g. ``http://otel-collector:4318``); none otherwise, and
+    the tracing API calls in library code stay no-ops.  Returns whether tracing is on."""
+    if not otlp_endpoint:
+        return False
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name,
+                                                        "service.version": __version__}))
+    endpoint = otlp_endpoint.rstrip("/")
+    if not endpoint.endswith("/v1/traces"):
+        endpoint += "/v1/traces"
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint,
+                                                                    timeout=5)))
+    trace.set_tracer_provider(provider)
+    return True
+
+
+def configure_telemetry(service_name: str = "callscribe",
+                        otlp_endpoint: str | None = None) -> CollectorRegistry:
+    """Install a MeterProvider with a Prometheus reader (once) and, when an OTLP endpoint is
+    given, a tracer provider; return the Prometheus registry."""
     global _registry
     with _lock:
         if _registry is not None:
             return _registry
+        configure_tracing(service_name, otlp_endpoint)
         registry = CollectorRegistry(auto_describe=True)
         reader = PrometheusMetricReader(registry=registry)
         provider = MeterProvider(
