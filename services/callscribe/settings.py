@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_task_seconds: int = Field(default=4 * 3600, ge=10)
     #: SQLite file for hotword vocabularies.
     vocabulary_db: Path = Field(default_factory=lambda: _default_cache_dir() / "vocabularies.sqlite3")
+    #: Lifetime (s) of a WebSocket token from ``POST /api/v1/tokens`` (``?token=`` on the
+    #: WebSocket URL, for browsers; single use).  Also the most a client's
+    #: ``expire_in_seconds`` may ask for.
+    token_ttl_s: int = Field(default=60, ge=1, le=1800)
 
     # --- logs ----------------------------------------------------------------------------
     #: ``json`` for production, ``console`` for a terminal, ``auto`` picks by isatty.
@@ -78,6 +82,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Put transcript text in logs (off: only lengths and ids).
     log_transcripts: bool = False
+    #: OpenTelemetry traces are exported over OTLP/HTTP to this collector
+    #: (e.g. ``http://otel-collector:4318``); empty: no trace exporter.
+    otlp_endpoint: str = ""
 
     # --- kafka ---------------------------------------------------------------------------
     # The Kafka pipeline (services/callscribe/pipeline/): records are msgpack, described by
@@ -149,6 +156,36 @@ class Settings(BaseSettings):
     kafka_ssl_check_hostname: bool = True
     #: Directory of the record schemas (``*.schema.json``); empty: ``schemas/`` of the checkout.
     kafka_schema_dir: Path | None = None
+    # The pipeline worker (``callscribe worker``, pipeline/worker.py).
+    #: Consumer group of the workers (also the faust app id: the table of published sentences
+    #: is the compacted topic ``<group>-calls-changelog``).
+    kafka_worker_group: str = Field(default="callscribe-worker",
+                                    pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    #: A (call, channel) with no new chunk for this long (s) is closed as if it had ended; its
+    #: CallSummary says ``end_reason: idle_timeout``.  Keep it above any producer or broker
+    #: outage to ride out: chunks that arrive after it are dropped (and counted as late).
+    kafka_worker_idle_timeout_s: float = Field(default=60.0, ge=1.0, le=86400.0)
+    #: Bound on audio (ms) one worker holds received but not yet recognised, over all its
+    #: calls (~64 kB per second of audio).  Above half of it partials stop; at it the audio
+    #: partitions are paused and consumption waits; below half they resume.
+    kafka_worker_max_inflight_audio_ms: int = Field(default=120000, ge=1000, le=3600000)
+    #: Retries of a failing decode (EngineError) before the chunks of the failed span go to
+    #: the dead-letter topic and the call gets an error event (the worker goes on).
+    kafka_worker_decode_retries: int = Field(default=3, ge=0, le=20)
+    #: Backoff (ms) before the first decode retry; doubles with every retry (max 5 s).
+    kafka_worker_retry_backoff_ms: int = Field(default=200, ge=1, le=60000)
+    #: Later chunks (per channel) held while an out-of-order seq is missing; a gap still open
+    #: after this many is given up (filled with silence) and counted.
+    kafka_worker_reorder_window: int = Field(default=50, ge=1, le=10000)
+    #: Consumer-group session timeout (s): how soon a dead worker's partitions move on.
+    kafka_worker_session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
+    #: How often (s) a worker commits the audio offsets that are safe (see pipeline/worker.py).
+    kafka_worker_commit_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    #: ``serve --kafka``: seconds the gateway waits, after a task's input ended, for the
+    #: workers to finish the call (its CallSummary) before the task fails.
+    kafka_result_timeout_s: float = Field(default=120.0, gt=0.0, le=86400.0)
+    #: Port of the worker's Prometheus ``/metrics`` (0: any free port, logged; -1: none).
+    metrics_port: int = Field(default=9464, ge=-1, le=65535)
     # --- end kafka -----------------------------------------------------------------------
 
     @field_validator("model_dir")
