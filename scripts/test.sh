@@ -2,9 +2,10 @@
 # Install everything the tests need and run the whole suite.  Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# test audio is made with Debian's espeak-ng, sox and ffmpeg
+# test audio is made with Debian's espeak-ng, sox and ffmpeg; the captions page test drives
+# Debian's chromium (headless) through the playwright package's own driver
 need=()
-for c in espeak-ng sox ffmpeg; do command -v "$c" >/dev/null || need+=("$c"); done
+for c in espeak-ng sox ffmpeg chromium; do command -v "$c" >/dev/null || need+=("$c"); done
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -13,4 +14,5 @@ scripts/bootstrap.sh --test
 scripts/kafka.sh install >&2
 scripts/helm.sh >&2        # pinned Helm from the Go module proxy, cached in ~/.cache/callscribe
 export CALLSCRIBE_REQUIRE_KAFKA=1
+export CALLSCRIBE_REQUIRE_BROWSER=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -113,7 +113,8 @@ def test_full_task_exact_frames(p, clock):
         '"text":"Okay, I got it.","heartbeat":false,"sentence_end":true,"words":['
         '{"begin_time":170,"end_time":295,"text":"Okay","punctuation":","},'
         '{"begin_time":295,"end_time":503,"text":"I","punctuation":""}],'
-        '"emo_tag":"positive","emo_confidence":0.871}},"usage":{"duration":3}}}' % TID]
+        '"emo_tag":"positive","emo_confidence":0.871,"language":"en"}},'
+        '"usage":{"duration":3}}}' % TID]
     p.recognition_event(TID, SpeechStopped(1, 920))
 
     clock.t += 1.0

@@ -19,8 +19,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="run the DashScope-compatible real-time recognition service",
         description="Serve /api-ws/v1/inference (run-task protocol), /api-ws/v1/realtime "
-                    "(Qwen-ASR realtime protocol), the vocabulary API, /healthz, /readyz and "
-                    "/metrics on one port.")
+                    "(Qwen-ASR realtime protocol), the vocabulary API, /healthz, /readyz, "
+                    "/metrics, the live captions page at / and its WebSocket tokens "
+                    "(/api/v1/tokens) on one port.")
     p.add_argument("--host", default=None,
                    help="address to listen on (default CALLSCRIBE_HOST, 127.0.0.1); anything "
                         "but loopback needs CALLSCRIBE_API_KEYS")
@@ -31,6 +32,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "continue before the server ends them (default 10)")
     p.add_argument("--open-timeout", type=float, default=10.0, metavar="S",
                    help="a client must finish the HTTP/WebSocket handshake within this time")
+    p.add_argument("--kafka", default=None, metavar="BOOTSTRAP",
+                   help="serve over the Kafka pipeline: sessions' audio goes to the audio "
+                        "topic at BOOTSTRAP (host:port[,...]) and `callscribe worker` "
+                        "processes recognise it; no model is loaded here")
     p.set_defaults(func=run_serve)
     return p
 
@@ -44,6 +49,14 @@ def run_serve(args: argparse.Namespace, settings: Settings, *,
 def _default_runtime(settings: Settings) -> Any:
     from callscribe.recognition.runtime import Runtime
     return Runtime.create(settings)
+
+
+async def _kafka_runtime(settings: Settings, bootstrap: str) -> Any:
+    from callscribe.pipeline.kafka_stream import KafkaPipeline
+
+    pipeline = KafkaPipeline(settings, bootstrap)
+    await pipeline.start()
+    return pipeline
 
 
 async def serve_main(args: argparse.Namespace, settings: Settings, *,
@@ -64,7 +77,12 @@ async def serve_main(args: argparse.Namespace, settings: Settings, *,
         loop.add_signal_handler(sig, stop.set)
     await gw.start()
     # the model loads after the port is bound: /healthz answers, /readyz says 503 meanwhile
-    load = asyncio.create_task(asyncio.to_thread(runtime_factory or _default_runtime, settings))
+    kafka = getattr(args, "kafka", None)
+    if kafka:  # serve --kafka: the pipeline stands in for the runtime (no model here)
+        load = asyncio.create_task(_kafka_runtime(settings, kafka))
+    else:
+        load = asyncio.create_task(asyncio.to_thread(runtime_factory or _default_runtime,
+                                                     settings))
     stopped = asyncio.create_task(stop.wait())
     status = 0
     runtime = None
@@ -73,13 +91,15 @@ async def serve_main(args: argparse.Namespace, settings: Settings, *,
         try:
             runtime = load.result()
         except CallscribeError as exc:
-            log.error("model failed to load", error_code=exc.code, error=exc.message)
+            log.error("recognition failed to start (model, or Kafka with --kafka)",
+                      error_code=exc.code, error=exc.message)
             status = 2
             stop.set()
         else:
             gw.set_runtime(runtime)
             log.info("ready", url=f"ws://{gw.host}:{gw.port}/api-ws/v1/inference",
-                     realtime_url=f"ws://{gw.host}:{gw.port}/api-ws/v1/realtime")
+                     realtime_url=f"ws://{gw.host}:{gw.port}/api-ws/v1/realtime",
+                     captions_page=f"http://{gw.host}:{gw.port}/")
     await stopped
     log.info("stop requested")
     await gw.shutdown(getattr(args, "drain_seconds", 10.0))
@@ -89,7 +109,10 @@ async def serve_main(args: argparse.Namespace, settings: Settings, *,
         except Exception:
             runtime = None
     if runtime is not None:
-        runtime.close()
+        if hasattr(runtime, "aclose"):  # the Kafka pipeline
+            await runtime.aclose()
+        else:
+            runtime.close()
     store.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)

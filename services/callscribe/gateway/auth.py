@@ -51,3 +51,20 @@ def parse_bearer(value: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+def cross_site(origin: str | None, host: str | None) -> bool:
+    """True when a browser page from another site opens the WebSocket (``Origin`` names a
+    different host:port than the ``Host`` it connects to).  Non-browser clients send no
+    Origin, or their own."""
+    if not origin or origin == "null":
+        return origin == "null"
+    from urllib.parse import urlsplit
+
+    try:
+        o = urlsplit(origin)
+        origin_host = o.netloc.lower()
+    except ValueError:
+        return True
+    return origin_host != (host or "").lower()
+

@@ -26,11 +26,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from callscribe.errors import ConfigurationError
-from callscribe.gateway.auth import ApiKeys
+from callscribe.gateway.auth import ApiKeys, cross_site
 from callscribe.gateway.connection import Connection
 from callscribe.gateway.http import (VOCABULARY_PATH, error_response, handle_vocabulary,
                                      install_body_parser, response, text_response)
 from callscribe.gateway.limits import Admission
+from callscribe.gateway.static import StaticFiles
+from callscribe.gateway.tokens import (AUTH_INFO_PATH, TOKENS_PATH, TokenStore,
+                                       handle_auth_info, handle_tokens)
 from callscribe.protocols import qwen_realtime
 from callscribe.protocols.common import Machine
 from callscribe.protocols.run_task import RunTaskProtocol
@@ -107,6 +110,9 @@ class Gateway:
         self.host = settings.host if host is None else host
         self.port = settings.port if port is None else port
         self.keys = ApiKeys(settings.api_key_list())
+        #: single-use WebSocket tokens (``?token=``) for browsers; and the captions page
+        self.tokens = TokenStore(settings.token_ttl_s)
+        self.static = StaticFiles()
         if not self.keys.enabled and not is_loopback(self.host):
             raise ConfigurationError(
                 f"refusing to listen on {self.host} without API keys: set CALLSCRIBE_API_KEYS "
@@ -184,11 +190,19 @@ class Gateway:
         path = raw_path.rstrip("/") or "/"
         endpoint = self.endpoints.get(path)
         if endpoint is not None:
-            key_id = self.keys.identify(request.headers.get("Authorization"))
+            if not self.keys.enabled and cross_site(request.headers.get("Origin"),
+                                                    request.headers.get("Host")):
+                # open (loopback, no keys) mode: any web page the user visits could otherwise
+                # reach the local service (cross-site WebSocket hijacking)
+                self.metrics.rejected.add(1, {"status": 403})
+                return text_response(403, "Forbidden: cross-site WebSocket without API keys; "
+                                     "configure CALLSCRIBE_API_KEYS to allow other origins\n")
+            key_id = self._ws_key(request, query)
             if key_id is None:
                 self.metrics.rejected.add(1, {"status": 401})
                 return text_response(401, "Unauthorized: missing or invalid API key "
-                                     "(send Authorization: Bearer <key>)\n",
+                                     "(send Authorization: Bearer <key>), or an invalid, "
+                                     "expired or already used ?token=\n",
                                      {"WWW-Authenticate": "Bearer"})
             if self.draining or self.runtime is None or not self.ready:
                 self.metrics.rejected.add(1, {"status": 503})
@@ -220,7 +234,22 @@ class Gateway:
                 return error_response(401, "InvalidApiKey", "missing or invalid API key "
                                       "(send Authorization: Bearer <key>)")
             return await handle_vocabulary(request, key_id, self.vocabulary)  # type: ignore
+        if path == TOKENS_PATH:
+            return handle_tokens(request, self.keys, self.tokens)
+        if path == AUTH_INFO_PATH:
+            return handle_auth_info(request, self.keys, self.tokens)
+        page = self.static.serve(request, path)
+        if page is not None:
+            return page
         return text_response(404, f"Not Found: {path}\n")
+
+    def _ws_key(self, request: Request, query: str) -> str | None:
+        """The key id of a WebSocket handshake: a ``?token=`` from ``POST /api/v1/tokens``
+        (consumed here, whatever happens next) when present, else the Bearer header."""
+        token = parse_qs(query).get("token")
+        if token is not None:
+            return self.tokens.redeem(token[0])
+        return self.keys.identify(request.headers.get("Authorization"))
 
     def _process_response(self, conn: ServerConnection, request: Request,
                           resp: Response) -> Response | None:

@@ -292,6 +292,9 @@ class RunTaskProtocol:
                               for w in event.words],
                     "emo_tag": emo.polarity if emo else "neutral",
                     "emo_confidence": round(float(emo.confidence), 3) if emo else 0.0,
+                    # not in DashScope's payload (extra fields are harmless to the SDK): the
+                    # detected language, for the captions page
+                    "language": event.language,
                 }, {"duration": billed})
 
     def _result(self, task: _Task, sentence: dict[str, Any], usage: dict | None) -> None:
