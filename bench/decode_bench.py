@@ -73,7 +73,8 @@ def main() -> None:
         return fn
 
     measure("final, padded to 30 s (whisper default)", items, final(30.0), rows)
-    measure("final, padded to max(10 s, 2x) [default]", items, final(10.0), rows)
+    measure("final, padded to max(10 s, 2x)", items, final(10.0), rows)
+    measure("final, padded to max(6 s, 2x) [default]", items, final(6.0), rows)
     measure("final, padded to max(4 s, 2x)", items, final(4.0), rows)
     measure("partial (len+1 s, timestamp mode)", items,
             lambda n, a: eng.decode(DecodeRequest(audio=a, partial=True)).text, rows)

@@ -3,7 +3,7 @@
 Whisper pads every input to 30 s; the encoder cost grows faster than the context, so this
 engine encodes a shorter window (see ../shared/docs/whisper-cost-notes.md and bench/):
 
-* final decodes: audio padded to max(10 s, 2 x length), capped at 30 s, greedy, ``max_length``
+* final decodes: audio padded to max(6 s, 2 x length), capped at 30 s, greedy, ``max_length``
   capped by duration, word timestamps from ``align`` on the same encoder output; a repetition
   loop falls back once to the full 30 s window;
 * partial decodes: audio + 1 s of padding in timestamp mode (the prompt ends with the first
@@ -50,7 +50,7 @@ class WhisperEngine:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model_dir: Path, *, compute_type: str = "int8", cpu_threads: int = 1,
-                 num_workers: int = 2, min_final_window_s: float = 10.0) -> None:
+                 num_workers: int = 2, min_final_window_s: float = 6.0) -> None:
         try:
             self._fw = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type,
                                     cpu_threads=cpu_threads, num_workers=num_workers,

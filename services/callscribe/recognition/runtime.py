@@ -64,6 +64,8 @@ class Runtime:
         self.vad = vad
         self.emotion = emotion
         self.telemetry = RecognitionTelemetry()
+        #: processing steps submitted to the pool and not finished (waiting or running)
+        self.inflight = 0
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.ready = True
@@ -100,6 +102,10 @@ class Runtime:
                                   final_hook=make_final_hook(opts, self.settings, self.emotion),
                                   telemetry=self.telemetry)
 
+    def pool_busy(self) -> bool:
+        """More processing steps than worker threads: some are waiting."""
+        return self.inflight > self.settings.decode_workers
+
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
         return AsyncStream(self, self.new_session(opts), decoder, opts.channel)
@@ -132,6 +138,7 @@ class AsyncStream:
         #: hard bound, so one more piece always fits
         self._high = max(500, session.options.max_buffered_audio_ms // 3)
         self._clock = StreamClock()
+        session.pool_busy = runtime.pool_busy
         self._first_partials: set[int] = set()
         runtime.telemetry.track(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -213,7 +220,12 @@ class AsyncStream:
                 while self.session.has_work():
                     before = self.session.audio_ms - self.session.pending_ms
                     t0 = time.perf_counter()
-                    events = await loop.run_in_executor(self.runtime.executor, self.session.process)
+                    self.runtime.inflight += 1
+                    try:
+                        events = await loop.run_in_executor(self.runtime.executor,
+                                                            self.session.process)
+                    finally:
+                        self.runtime.inflight -= 1
                     self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()

@@ -124,6 +124,9 @@ class RecognitionSession:
         #: the Kafka worker turns partials off under load (its backpressure degrades them
         #: first); read on every partial decision, so it takes effect at once
         self.partials_enabled = True
+        #: set by the runtime: True while decodes wait for a free worker thread; partials are
+        #: skipped then, so finals are never queued behind them (load shedding)
+        self.pool_busy: Callable[[], bool] | None = None
 
     # --- input (any thread) -------------------------------------------------------------
     def accept_waveform(self, samples: np.ndarray) -> None:
@@ -299,7 +302,8 @@ class RecognitionSession:
         if (s is None or not s.confirmed or o.partial_interval_ms <= 0
                 or not self.partials_enabled
                 or self._processed - s.last_partial_at < o.partial_interval_ms * MS
-                or self.pending_ms + backlog_ms > o.partial_skip_backlog_ms):
+                or self.pending_ms + backlog_ms > o.partial_skip_backlog_ms
+                or (self.pool_busy is not None and self.pool_busy())):
             return
         s.last_partial_at = self._processed
         audio = self._audio(s.start, self._processed)
