@@ -138,10 +138,11 @@ def summarise(results: list[ClientResult], load: Workload, cfg: RunConfig) -> di
             start = r.sent_at(s.begin_ms)
             if s.partials:
                 first_partial.append((s.partials[0] - start) * 1000)
-                seq = [start, *s.partials] + ([s.final_at] if s.final_at else [])
-                g = [(b - a) * 1000 for a, b in zip(seq, seq[1:])]
+                # cadence: time between consecutive partials of one sentence
+                g = [(b - a) * 1000 for a, b in zip(s.partials, s.partials[1:])]
                 gaps.extend(g)
-                max_gaps.append(max(g))
+                if g:
+                    max_gaps.append(max(g))
             if s.final_at is not None and s.speech_end_ms is not None:
                 final.append((s.final_at - r.sent_at(s.speech_end_ms)) * 1000)
     ok = [r for r in results if not r.error]

@@ -94,6 +94,8 @@ class _Sentence:
     confirmed: bool = False
     voiced_ms: int = 0
     frame_probs: list[float] = field(default_factory=list)
+    #: a final decoded ahead of time, during the end-of-sentence silence: (end sample, result)
+    early: tuple[int, DecodeResult] | None = None
 
 
 class RecognitionSession:
@@ -208,8 +210,9 @@ class RecognitionSession:
                 for p in self.vad.probabilities(self._vad_state, piece):
                     self._processed += FRAME
                     self._on_frame(float(p), events)
-                self._maybe_partial(events,
-                                    backlog_ms=(len(audio) - off - len(piece) + later) // MS)
+                if not self._maybe_decode_early():
+                    self._maybe_partial(events,
+                                        backlog_ms=(len(audio) - off - len(piece) + later) // MS)
         if finished and not self._done:
             tail = len(self._vad_state.leftover)
             self._processed += tail
@@ -318,6 +321,24 @@ class RecognitionSession:
         events.append(Partial(s.sentence_id, s.start // MS, self._processed // MS, settled, tail,
                               s.language))
 
+    def _maybe_decode_early(self) -> bool:
+        """Once the silence after speech is half of ``max_sentence_silence`` (at least 200 ms),
+        decode the final now: when the silence completes, the result is ready and the final
+        goes out at once.  If speech resumes, the early result is dropped.  No partial is made
+        during such silence (it would repeat the last one).  Returns True when silent."""
+        s, o = self._sentence, self.options
+        if s is None or not s.confirmed or not o.endpointing:
+            return False
+        if self._silence_run_ms < max(200, o.max_sentence_silence_ms // 2):
+            return False
+        end = min(s.last_voiced + o.speech_pad_ms * MS, self._processed)
+        if s.early is None or s.early[0] != end:
+            result = self._decode(self._audio(s.start, end), partial=False,
+                                  language=s.language, previous=self._prev_text)
+            self.decodes["final"] += 1
+            s.early = (end, result)
+        return True
+
     def _end_sentence(self, end: int, events: list[Event], stopped: bool = True) -> None:
         s = self._sentence
         assert s is not None
@@ -327,9 +348,12 @@ class RecognitionSession:
         if not s.confirmed:
             return
         audio = self._audio(s.start, end)
-        result = self._decode(audio, partial=False, language=s.language,
-                              previous=self._prev_text)
-        self.decodes["final"] += 1
+        if s.early is not None and s.early[0] == end:  # no speech since: the early decode holds
+            result = s.early[1]
+        else:
+            result = self._decode(audio, partial=False, language=s.language,
+                                  previous=self._prev_text)
+            self.decodes["final"] += 1
         begin_ms, end_ms = s.start // MS, end // MS
         if result.text.strip() and not self._hallucination(result):
             words = close_sentence(to_words(result.words, begin_ms, end_ms, result.language),
