@@ -17,6 +17,8 @@ from callscribe.pipeline.codec import (
     AudioChunk,
     AudioOptions,
     CallSummary,
+    HotwordOption,
+    TranscriptError,
     ChannelSummary,
     Codec,
     CodecError,
@@ -61,6 +63,23 @@ def summary() -> CallSummary:
         ChannelSummary(0, "agent", 61000, 30000, 31000, 7, "neutral"),
         ChannelSummary(1, "customer", 60500, 20000, 40500, 5, None)),
         engine="faster-whisper", model="whisper-base-ct2")
+
+
+def with_hotwords() -> AudioChunk:
+    """Options with the vocabulary resolved by the producer (added in place, optional)."""
+    return chunk(options=AudioOptions(language_hints=("en",), vocabulary_id="vocab-x-1",
+                                      hotwords=(HotwordOption("Dashwood", 4, "en"),
+                                                HotwordOption("Marianne", 2))))
+
+
+def error_event() -> TranscriptEvent:
+    """A span whose recognition failed (added in place, optional): final, no text."""
+    return TranscriptEvent(
+        call_id="call-42", channel=0, role="agent", sentence_id=4, begin_ms=3000,
+        end_ms=5200, text="", words=(), language=None, emotion=None, final=True,
+        engine="faster-whisper", model="whisper-base-ct2",
+        idempotency_key="call-42:0:4:3000",
+        error=TranscriptError("DecodeFailed", "decode failed after 4 attempt(s)"))
 
 
 def dead() -> DeadLetter:
@@ -112,7 +131,7 @@ def test_schemas_are_the_source_of_truth(tmp_path: Path) -> None:
                                   lambda: chunk(seq=9, options=None, payload=b"",
                                                 end_of_stream=True),
                                   lambda: chunk(format="mulaw", sample_rate=8000, payload=b"\x7f"),
-                                  transcript, summary, dead])
+                                  transcript, summary, dead, with_hotwords, error_event])
 def test_round_trip(make) -> None:
     record = make()
     data = encode(record)
@@ -209,6 +228,12 @@ VIOLATIONS = [
     (summary, "channels/0/polarity", "happy", "/channels/0/polarity: 'happy' is not one of"),
     (summary, "channels", [], "/channels: [] should be non-empty"),
     (summary, "end_reason", "hangup", "/end_reason: 'hangup' is not one of"),
+    (with_hotwords, "options/hotwords/0/weight", 9,
+     "/options/hotwords/0/weight: 9 is greater than the maximum of 5"),
+    (with_hotwords, "options/hotwords/1/text", "", "/options/hotwords/1/text: '' should be"),
+    (error_event, "text", "half a sentence", "an error only on a final event with no text"),
+    (error_event, "final", False, "an error only on a final event with no text"),
+    (error_event, "error/code", "not a code", "/error/code: 'not a code' does not match"),
     (dead, "source_value", "text", "/source_value: expected msgpack bin"),
     (dead, "source_key", 5, "/source_key"),
     (dead, "reason", "", "/reason: '' should be non-empty"),

@@ -122,6 +122,7 @@ def server(request, loop_thread, tmp_path_factory):
     gw = loop_thread.run(_start(settings, runtime, open_timeout=2.0))
     srv = Srv(gw)
     srv.kafka = worker is not None
+    srv.settings = settings
     yield srv
     loop_thread.run(gw.shutdown(0))
     if worker is not None:
@@ -627,6 +628,50 @@ def test_timers_run_on_loop_deadlines(server, monkeypatch):
         with pytest.raises(ConnectionClosed) as err:
             ws.recv(timeout=10)
         assert err.value.rcvd.code == 1000 and "idle" in err.value.rcvd.reason
+
+
+# --- serve --kafka from the command line ---------------------------------------------------------
+
+
+def test_serve_kafka_command_line(server, shared_audio, tmp_path):
+    """``callscribe serve --kafka BOOTSTRAP`` as a process, on the [kafka] variant's broker and
+    worker: a task goes through the pipeline; SIGTERM stops it cleanly."""
+    if not server.kafka:
+        pytest.skip("the [kafka] variant runs it")
+    from pipeline_helpers import worker_env
+    env = {**worker_env(server.settings), "CALLSCRIBE_API_KEYS": KEY,
+           "CALLSCRIBE_VOCABULARY_DB": str(tmp_path / "v.sqlite3")}
+    proc = subprocess.Popen([sys.executable, "-m", "callscribe.cli", "serve", "--port", "0",
+                             "--kafka", server.settings.kafka_bootstrap],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        port, lines = None, []
+        for line in proc.stderr:
+            lines.append(line)
+            rec = json.loads(line) if line.startswith("{") else {}
+            port = rec.get("port", port) if rec.get("event") == "listening" else port
+            if rec.get("event") == "ready" or len(lines) > 200:
+                break
+        assert port and any('"kafka pipeline ready"' in x for x in lines), "".join(lines)
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
+        pcm = (shared_audio / "en_ps_goforward.raw").read_bytes()
+        with raw(f"ws://127.0.0.1:{port}/api-ws/v1/inference") as ws:
+            tid = start_task(ws, language_hints=["en"])
+            ws.send(pcm)
+            ws.send(action_msg("finish-task", tid))
+            events = []
+            while not events or events[-1]["header"]["event"] != "task-finished":
+                events.append(json.loads(ws.recv(timeout=60)))
+        text = norm(" ".join(e["payload"]["output"]["sentence"]["text"] for e in events
+                             if e["header"]["event"] == "result-generated"
+                             and e["payload"]["output"]["sentence"]["sentence_end"]))
+        assert "forward" in text, (text, "".join(lines[-20:]))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, "".join(lines[-20:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # --- SIGTERM ------------------------------------------------------------------------------------

@@ -88,11 +88,22 @@ class _Plain:
 
 
 @dataclass(frozen=True, slots=True)
+class HotwordOption(_Plain):
+    """One hotword of ``AudioOptions.hotwords`` (the producer resolved the vocabulary)."""
+
+    _OMIT = ("lang",)
+    text: str
+    weight: int
+    lang: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AudioOptions(_Plain):
     """Per-call options, on the first chunk (seq 0) of each channel; None: worker default."""
 
     _OMIT = ("vocabulary_id", "max_sentence_silence_ms", "itn", "disfluency_removal",
-             "partials", "emotion", "context")
+             "partials", "emotion", "context", "hotwords")
+    _NESTED = {"hotwords": (HotwordOption, True)}
     language_hints: tuple[str, ...] = ()
     vocabulary_id: str | None = None
     max_sentence_silence_ms: int | None = None
@@ -101,6 +112,8 @@ class AudioOptions(_Plain):
     partials: bool | None = None
     emotion: bool | None = None
     context: str | None = None
+    #: added in place (optional): the vocabulary's hotwords, resolved by the producer
+    hotwords: tuple[HotwordOption, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +151,19 @@ class TranscriptEmotion(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class TranscriptError(_Plain):
+    """Why recognition of an event's span failed (its chunks went to the dead-letter topic)."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptEvent(_Plain):
     RECORD_TYPE = "transcript_event"
-    _OMIT = ("settled", "created_at_ms")
-    _NESTED = {"words": (TranscriptWord, True), "emotion": (TranscriptEmotion, False)}
+    _OMIT = ("settled", "created_at_ms", "error")
+    _NESTED = {"words": (TranscriptWord, True), "emotion": (TranscriptEmotion, False),
+               "error": (TranscriptError, False)}
     call_id: str
     channel: int
     role: str
@@ -159,6 +181,8 @@ class TranscriptEvent(_Plain):
     #: partials only: the prefix of ``text`` that will not change
     settled: str | None = None
     created_at_ms: int | None = None
+    #: added in place (optional): only on an error event (final, no text, no words)
+    error: TranscriptError | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,10 @@ CLOSE_INTERNAL = 1011
 FORMATS = ("pcm", "wav", "mp3", "opus", "speex", "aac", "amr")
 
 
+#: ``max_sentence_silence`` when a run-task client does not send it (DashScope's default)
+RUN_TASK_DEFAULT_SILENCE_MS = 1300
+
+
 def dumps(obj: Any) -> str:
     """The one JSON encoding used on the wire (compact, UTF-8 text)."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
@@ -281,7 +285,8 @@ def parse_run_task_options(payload: Any, *, default_itn: bool = True) -> TaskOpt
         hints = [hints]
     if not isinstance(hints, list) or not all(isinstance(h, str) for h in hints):
         raise bad("parameters.language_hints must be a list of language codes")
-    silence = params.get("max_sentence_silence")
+    # the contract's default for the run-task family (Qwen's silence_duration_ms defaults to 800)
+    silence = params.get("max_sentence_silence", RUN_TASK_DEFAULT_SILENCE_MS)
     if silence is not None:
         if not isinstance(silence, int) or isinstance(silence, bool) \
                 or not 200 <= silence <= 6000:
