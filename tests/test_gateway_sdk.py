@@ -491,9 +491,10 @@ def start_task(ws, task_id=None, **params) -> str:
 
 def client_gone_count() -> float:
     from callscribe.telemetry import render_metrics
-    m = re.search(r'callscribe_tasks_total\{[^}]*outcome="client_gone"[^}]*\} ([0-9.]+)',
-                  render_metrics()[0].decode())
-    return float(m.group(1)) if m else 0.0
+    # summed over every series (other protocols' tests may have added their own)
+    return sum(float(v) for v in re.findall(
+        r'callscribe_tasks_total\{[^}]*outcome="client_gone"[^}]*\} ([0-9.]+)',
+        render_metrics()[0].decode()))
 
 
 def bad_inputs(server, shared_audio):

@@ -65,7 +65,8 @@ def _table(rows: list[dict]) -> str:
             f"{f[50]!s:>6s}/{f[95]!s:>6s}/{f[99]!s:>6s}  {r['final_net_of_silence_ms'][95]!s:>8s} "
             f"{r['first_partial_ms'][95]!s:>15s} {r['partial_gap_ms'][95]!s:>8s} "
             f"{r['cpu_s_per_audio_s']:8.3f} {r['peak_rss_mib']:8.1f} {r['wer']!s:>6s} "
-            f"{len(r['errors']):4d}")
+            f"{len(r['errors']):4d}"
+            + (f"  kafka hop p50 ms: {r['kafka_hop_p50_ms']}" if "kafka_hop_p50_ms" in r else ""))
     return "\n".join(lines)
 
 

@@ -109,19 +109,56 @@ async def _clients(cfg: RunConfig, load: Workload, url: str | None, runtime) -> 
     return list(await asyncio.gather(*(one(i) for i in range(cfg.clients))))
 
 
+def _histogram(url: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of one Prometheus histogram (+inf included)."""
+    import re
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[float, float] = {}
+    for m in re.finditer(rf'^{name}_bucket{{[^}}]*le="([^"]+)"[^}}]*}} ([0-9.e+]+)$', text, re.M):
+        out[float(m.group(1))] = out.get(float(m.group(1)), 0.0) + float(m.group(2))
+    return out
+
+
+def _hop_p50(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Median from the difference of two cumulative bucket snapshots (linear in a bucket)."""
+    bounds = sorted(after)
+    diff = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not diff or diff[-1] <= 0:
+        return None
+    half, lo, prev = diff[-1] / 2, 0.0, 0.0
+    for b, c in zip(bounds, diff):
+        if c >= half:
+            if b == float("inf"):
+                return lo
+            return round(lo + (b - lo) * (half - prev) / max(c - prev, 1e-9), 1)
+        lo, prev = b, c
+    return None
+
+
 def run_load(cfg: RunConfig, load: Workload, *, server: ServerProcess | None = None,
-             runtime=None) -> dict:
-    """One run at a fixed concurrency; returns the figures (see ``summarise``)."""
+             runtime=None, hop_metrics: dict[str, str] | None = None,
+             extra_pids: list[int] | None = None) -> dict:
+    """One run at a fixed concurrency; returns the figures (see ``summarise``).  CPU and
+    memory are those of the serving processes (gateway, and the worker in Kafka mode)."""
     pid = server.proc.pid if server else os.getpid()
-    cpu0, wall0 = proc_cpu_s(pid), time.monotonic()
+    pids = [pid, *(extra_pids or [])]
+    names = {"produce_to_worker": "callscribe_kafka_hop_produce_to_worker_milliseconds",
+             "worker_to_gateway": "callscribe_kafka_hop_worker_to_gateway_milliseconds"}
+    hops0 = {k: _histogram(u, names[k]) for k, u in (hop_metrics or {}).items()}
+    cpu0, wall0 = sum(map(proc_cpu_s, pids)), time.monotonic()
     results = asyncio.run(_clients(cfg, load, server.url if server else None, runtime))
-    cpu, wall = proc_cpu_s(pid) - cpu0, time.monotonic() - wall0
+    cpu, wall = sum(map(proc_cpu_s, pids)) - cpu0, time.monotonic() - wall0
     figures = summarise(results, load, cfg)
+    if hop_metrics:
+        figures["kafka_hop_p50_ms"] = {
+            k: _hop_p50(hops0[k], _histogram(u, names[k])) for k, u in hop_metrics.items()}
     audio_s = load.duration_s * cfg.clients * cfg.repeat
     figures.update(mode=cfg.mode, clients=cfg.clients, wall_s=round(wall, 2),
                    cpu_s_per_audio_s=round(cpu / audio_s, 4),
-                   peak_rss_mib=round(proc_rss_kib(pid, "VmHWM") / 1024, 1),
-                   rss_mib=round(proc_rss_kib(pid) / 1024, 1))
+                   peak_rss_mib=round(sum(proc_rss_kib(p, "VmHWM") for p in pids) / 1024, 1),
+                   rss_mib=round(sum(proc_rss_kib(p) for p in pids) / 1024, 1))
     return figures
 
 

@@ -31,14 +31,20 @@ def target(mode: str, settings: Settings, *, kafka: str | None = None) -> Iterat
             yield {"server": server}
     else:  # kafka: broker (local unless given) + one worker + serve --kafka
         with contextlib.ExitStack() as stack:
+            from callscribe.benchmark.runner import _free_port
+
             bootstrap = kafka or stack.enter_context(_local_broker())
+            metrics_port = _free_port()
             worker = subprocess.Popen([sys.executable, "-m", "callscribe.cli", "worker",
-                                       "--bootstrap", bootstrap],
+                                       "--bootstrap", bootstrap,
+                                       "--metrics-port", str(metrics_port)],
                                       env={**os.environ, **env, "CALLSCRIBE_LOG_LEVEL": "warning"},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             stack.callback(_stop, worker)
             server = stack.enter_context(ServerProcess(env, ["--kafka", bootstrap]))
-            yield {"server": server, "worker": worker}
+            yield {"server": server, "extra_pids": [worker.pid],
+                   "hop_metrics": {"produce_to_worker": f"http://127.0.0.1:{metrics_port}/metrics",
+                                   "worker_to_gateway": f"http://127.0.0.1:{server.port}/metrics"}}
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -96,6 +96,9 @@ class WorkerMetrics:
         self.final_delay = m.create_histogram(
             "callscribe.worker.final_delay", unit="ms",
             description="capture of a sentence's last audio to its final being published")
+        self.hop_in = m.create_histogram(
+            "callscribe.kafka.hop.produce_to_worker", unit="ms",
+            description="an audio chunk's Kafka timestamp (produced) to the worker receiving it")
         self.pauses = m.create_counter("callscribe.worker.pauses",
                                        description="times the audio partitions were paused")
 

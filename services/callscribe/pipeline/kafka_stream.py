@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from opentelemetry import metrics
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from callscribe.audio import open_decoder
@@ -73,6 +74,10 @@ class KafkaPipeline:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self.ready = False
+        self._hop_out = metrics.get_meter("callscribe").create_histogram(
+            "callscribe.kafka.hop.worker_to_gateway", unit="ms",
+            description="a result record's Kafka timestamp (worker published) to this gateway "
+                        "receiving it")
 
     async def start(self) -> None:
         s = self.settings
@@ -140,6 +145,8 @@ class KafkaPipeline:
                     stream = self.streams.get(r.key)
                     if stream is None:
                         continue  # another gateway's call, or one that has ended
+                    if r.timestamp:  # aiokafka gives ms: the worker published it then
+                        self._hop_out.record(max(0.0, time.time() * 1000 - r.timestamp))
                     try:
                         stream.deliver(self.codec.decode(r.value))
                     except CodecError as exc:

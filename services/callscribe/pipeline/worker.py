@@ -132,6 +132,8 @@ class PipelineWorker:
         if self.stopping or msg.topic != self.audio_topic:
             return
         p, offset = msg.partition, msg.offset
+        if msg.timestamp:  # faust gives seconds
+            self.metrics.hop_in.record(max(0.0, (time.time() - msg.timestamp) * 1000))
         tracker = self.trackers.setdefault(p, OffsetTracker())
         if not tracker.register(offset):
             self.metrics.chunks.add(1, {"outcome": "redelivered"})
