@@ -57,6 +57,9 @@ class StreamOptions:
 
 
 class Runtime:
+    #: smoothed queue wait above which partials are skipped (load shedding)
+    busy_wait_s = 0.15
+
     def __init__(self, settings: Settings, engine: WhisperEngine, vad: SileroVad,
                  emotion: EmotionEstimator | None = None) -> None:
         self.settings = settings
@@ -64,8 +67,8 @@ class Runtime:
         self.vad = vad
         self.emotion = emotion
         self.telemetry = RecognitionTelemetry()
-        #: processing steps submitted to the pool and not finished (waiting or running)
-        self.inflight = 0
+        #: smoothed time processing steps wait for a free worker thread
+        self._wait_ewma_s = 0.0
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.ready = True
@@ -103,8 +106,13 @@ class Runtime:
                                   telemetry=self.telemetry)
 
     def pool_busy(self) -> bool:
-        """More processing steps than worker threads: some are waiting."""
-        return self.inflight > self.settings.decode_workers
+        """Processing steps have recently waited for a worker thread (a smoothed wait over
+        ``busy_wait_s``): recognition is behind, so partials are shed first."""
+        return self._wait_ewma_s > self.busy_wait_s
+
+    def note_wait(self, wait_s: float) -> None:
+        """Called from a worker thread as a processing step starts (float store: atomic)."""
+        self._wait_ewma_s = 0.8 * self._wait_ewma_s + 0.2 * wait_s
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
@@ -220,12 +228,8 @@ class AsyncStream:
                 while self.session.has_work():
                     before = self.session.audio_ms - self.session.pending_ms
                     t0 = time.perf_counter()
-                    self.runtime.inflight += 1
-                    try:
-                        events = await loop.run_in_executor(self.runtime.executor,
-                                                            self.session.process)
-                    finally:
-                        self.runtime.inflight -= 1
+                    events = await loop.run_in_executor(self.runtime.executor,
+                                                        self._process, time.perf_counter())
                     self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()
@@ -242,6 +246,11 @@ class AsyncStream:
             self._drained.set()
             self.runtime.telemetry.untrack(self)
         await self._events.put(_END)
+
+    def _process(self, submitted: float) -> list:
+        """In a worker thread: note how long the step waited for it, then process."""
+        self.runtime.note_wait(time.perf_counter() - submitted)
+        return self.session.process()
 
     def _observe(self, processed_before_ms: int, wall_s: float, events: list) -> None:
         tel = self.runtime.telemetry
