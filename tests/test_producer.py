@@ -20,7 +20,7 @@ from kafka_broker import KafkaBroker, kafka_unavailable_reason, make_kafka_fixtu
 
 from callscribe.errors import ConfigurationError
 from callscribe.pipeline.codec import CodecError
-from callscribe.pipeline.codec import AudioChunk, AudioOptions, decode
+from callscribe.pipeline.codec import AudioChunk, AudioOptions, HotwordOption, decode
 from callscribe.pipeline.producer import AudioProducer, BrokerUnavailable, produce_file
 from callscribe.pipeline.topics import client_kwargs, ensure_topics, topic_specs
 from callscribe.settings import load_settings
@@ -204,6 +204,7 @@ def test_cli_produce(kafka_broker: KafkaBroker, stereo_call, capsys) -> None:
     call_id = f"cli-{uuid.uuid4().hex[:6]}"
     args = parser.parse_args(["produce", "--call-id", call_id, str(stereo_call[0]),
                               "--channels", ",customer", "--language", "en,de",
+                              "--hotword", "Dashwood:5", "--hotword", "滨海新区",
                               "--bootstrap", kafka_broker.bootstrap])
     assert args.func(args, settings) == 0
     # the last line (unconfigured structlog also writes to stdout; the real CLI logs to stderr)
@@ -213,7 +214,9 @@ def test_cli_produce(kafka_broker: KafkaBroker, stereo_call, capsys) -> None:
     records = asyncio.run(consume_calls(kafka_broker.bootstrap, settings.kafka_topic_audio, 1))
     assert {c.channel for _, _, c, _ in records} == {1}
     first = records[0][2]
-    assert first.options == AudioOptions(language_hints=("en", "de"))
+    # the workers have no vocabulary database: the hotwords travel with the call
+    assert first.options == AudioOptions(language_hints=("en", "de"), hotwords=(
+        HotwordOption("Dashwood", 5), HotwordOption("滨海新区", 4)))
 
 
 async def test_outage_shorter_than_the_deadline_loses_nothing(kafka_broker: KafkaBroker) -> None:

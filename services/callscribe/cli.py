@@ -26,31 +26,9 @@ def _progress_factory(enabled: bool):
 
 
 def _hotwords(args: argparse.Namespace) -> list:
-    """--vocabulary FILE (DashScope JSON list, or one ``text[:weight]`` per line) + --hotword."""
-    import json
+    from callscribe.recognition.vocabulary import load_hotwords
 
-    from callscribe.recognition.vocabulary import validate_entries
-
-    entries: list[dict] = []
-    if args.vocabulary:
-        path = Path(args.vocabulary)
-        if not path.is_file():
-            raise ConfigurationError(f"{path}: no such vocabulary file")
-        raw = path.read_text(encoding="utf-8")
-        if raw.lstrip().startswith(("[", "{")):
-            doc = json.loads(raw)
-            entries.extend(doc.get("vocabulary", []) if isinstance(doc, dict) else doc)
-        else:
-            entries.extend(_hotword_entry(line) for line in raw.splitlines() if line.strip())
-    entries.extend(_hotword_entry(h) for h in args.hotword or ())
-    return validate_entries(entries) if entries else []
-
-
-def _hotword_entry(spec: str) -> dict:
-    text, _, weight = spec.strip().rpartition(":")
-    if not text or not weight.strip().isdigit():
-        text, weight = spec.strip(), "4"
-    return {"text": text, "weight": int(weight)}
+    return load_hotwords(args.vocabulary, args.hotword or ())
 
 
 def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:

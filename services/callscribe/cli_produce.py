@@ -43,7 +43,13 @@ def add_produce_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--sample-rate", type=int, default=None,
                    help="sample rate of headerless input (pcm, mulaw, alaw); default 16000")
     p.add_argument("--language", default=None, help="language hint(s), comma separated")
-    p.add_argument("--vocabulary-id", default=None, help="hotword vocabulary to use")
+    p.add_argument("--vocabulary-id", default=None,
+                   help="vocabulary id recorded with the call (workers apply --hotword and "
+                        "--vocabulary: they have no vocabulary database)")
+    p.add_argument("--hotword", action="append", metavar="TEXT[:WEIGHT]",
+                   help="bias recognition toward TEXT (weight 1..5, default 4); repeatable")
+    p.add_argument("--vocabulary", metavar="FILE",
+                   help='hotwords: a JSON list of {"text", "weight", "lang"} or text[:weight] lines')
     p.add_argument("--max-sentence-silence", type=int, default=None, metavar="MS",
                    help="silence that ends a sentence, 200..6000 ms")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
@@ -65,8 +71,14 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigurationError("--deadline must be more than 0 seconds")
     roles = [r.strip() for r in args.channels.split(",")] if args.channels else None
     hints = tuple(h.strip() for h in args.language.split(",") if h.strip()) if args.language else ()
+    from callscribe.pipeline.codec import HotwordOption
+    from callscribe.recognition.vocabulary import load_hotwords
+
+    hotwords = tuple(HotwordOption(h.text, int(h.weight), h.lang or None)
+                     for h in load_hotwords(args.vocabulary, args.hotword or ()))
     options = AudioOptions(language_hints=hints, vocabulary_id=args.vocabulary_id,
-                           max_sentence_silence_ms=args.max_sentence_silence)
+                           max_sentence_silence_ms=args.max_sentence_silence,
+                           hotwords=hotwords or None)
     if options == AudioOptions():
         options = None
     report = asyncio.run(_produce(args, settings, path, roles, options))

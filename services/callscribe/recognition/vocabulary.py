@@ -212,3 +212,30 @@ class VocabularyStore:
         with self._lock:
             _, entries, _, _ = self._row(owner, vocabulary_id)
         return [Hotword(e["text"], int(e["weight"]), e.get("lang")) for e in json.loads(entries)]
+
+
+def load_hotwords(vocabulary_file: str | Path | None, specs=()) -> list[Hotword]:
+    """Hotwords for the command line: a vocabulary file (the DashScope JSON list, or one
+    ``text[:weight]`` per line) plus ``text[:weight]`` specs (weight 1..5, default 4),
+    checked against the same limits as the vocabulary API."""
+    entries: list = []
+    if vocabulary_file:
+        path = Path(vocabulary_file)
+        if not path.is_file():
+            raise VocabularyError(f"{path}: no such vocabulary file")
+        raw = path.read_text(encoding="utf-8")
+        if raw.lstrip().startswith(("[", "{")):
+            doc = json.loads(raw)
+            entries.extend(doc.get("vocabulary", []) if isinstance(doc, dict) else doc)
+        else:
+            entries.extend(_entry(line) for line in raw.splitlines() if line.strip())
+    entries.extend(_entry(h) for h in specs)
+    return validate_entries(entries) if entries else []
+
+
+def _entry(spec: str) -> dict:
+    text, _, weight = spec.strip().rpartition(":")
+    if not text or not weight.strip().isdigit():
+        text, weight = spec.strip(), "4"
+    return {"text": text, "weight": int(weight)}
+
