@@ -51,6 +51,10 @@ def test_telephone_rate(runtime, shared_audio, manifest):
     text = text_of(runtime, shared_audio / "en_ldc93s1_8k.wav")
     assert error_rate([(ref, text)], "en") <= 0.45, text
     assert "dark suit" in text.lower() and "greasy" in text.lower()
+    # partials on: a partial's language guess on the first second must not steer the final
+    with_partials = " ".join(s.text for _, s in transcribe_file(
+        runtime, shared_audio / "en_ldc93s1_8k.wav", StreamOptions(partials=True)))
+    assert with_partials == text
 
 
 def test_stereo_channels_are_separate(runtime, shared_audio, manifest):

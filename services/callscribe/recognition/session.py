@@ -321,6 +321,9 @@ class RecognitionSession:
         events.append(Partial(s.sentence_id, s.start // MS, self._processed // MS, settled, tail,
                               s.language))
 
+    # Finals detect their language on the whole sentence (language=None): a partial's guess on
+    # the first second of speech can be wrong, and forcing it would garble the final.
+
     def _maybe_decode_early(self) -> bool:
         """Once the silence after speech is half of ``max_sentence_silence`` (at least 200 ms),
         decode the final now: when the silence completes, the result is ready and the final
@@ -334,7 +337,7 @@ class RecognitionSession:
         end = min(s.last_voiced + o.speech_pad_ms * MS, self._processed)
         if s.early is None or s.early[0] != end:
             result = self._decode(self._audio(s.start, end), partial=False,
-                                  language=s.language, previous=self._prev_text)
+                                  language=None, previous=self._prev_text)
             self.decodes["final"] += 1
             s.early = (end, result)
         return True
@@ -351,7 +354,7 @@ class RecognitionSession:
         if s.early is not None and s.early[0] == end:  # no speech since: the early decode holds
             result = s.early[1]
         else:
-            result = self._decode(audio, partial=False, language=s.language,
+            result = self._decode(audio, partial=False, language=None,
                                   previous=self._prev_text)
             self.decodes["final"] += 1
         begin_ms, end_ms = s.start // MS, end // MS
