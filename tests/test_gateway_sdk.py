@@ -27,6 +27,7 @@ from websockets.sync.client import connect
 
 import audiogen
 from kafka_broker import make_kafka_fixture
+from serverutil import LoopThread, start_gateway
 from callscribe.errors import ConfigurationError
 from callscribe.gateway.server import Gateway
 from callscribe.recognition.events import FinalSentence
@@ -46,22 +47,6 @@ def norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
-class LoopThread:
-    """An asyncio loop in a daemon thread; ``run(coro)`` waits for the result."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 class Srv:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -71,11 +56,6 @@ class Srv:
         self.http_url = f"http://127.0.0.1:{gw.port}/api/v1"
 
 
-async def _start(settings, runtime, **kw) -> Gateway:
-    gw = Gateway(settings, vocabulary=VocabularyStore(settings.vocabulary_db), runtime=runtime,
-                 host="127.0.0.1", port=0, **kw)
-    await gw.start()
-    return gw
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +99,7 @@ def server(request, loop_thread, tmp_path_factory):
         loop_thread.run(runtime.start())
         worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log")
         worker.start().wait_assigned()
-    gw = loop_thread.run(_start(settings, runtime, open_timeout=2.0))
+    gw = loop_thread.run(start_gateway(settings, runtime, open_timeout=2.0))
     srv = Srv(gw)
     srv.kafka = worker is not None
     srv.settings = settings
@@ -388,7 +368,7 @@ def test_bad_or_missing_key_is_401(sdk, server, shared_audio, monkeypatch):
 def test_session_limits_are_503_at_the_handshake(loop_thread, model_runtime, tmp_path):
     settings = load_settings(api_keys="k1,k2,k3", max_sessions=2, max_sessions_per_key=1,
                              vocabulary_db=tmp_path / "v.sqlite3")
-    gw = loop_thread.run(_start(settings, model_runtime))
+    gw = loop_thread.run(start_gateway(settings, model_runtime))
     url = f"ws://127.0.0.1:{gw.port}/api-ws/v1/inference"
 
     def open_(key):
@@ -634,11 +614,10 @@ def test_timers_run_on_loop_deadlines(server, monkeypatch):
 # --- serve --kafka from the command line ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("server", ["kafka"], indirect=True)
 def test_serve_kafka_command_line(server, shared_audio, tmp_path):
     """``callscribe serve --kafka BOOTSTRAP`` as a process, on the [kafka] variant's broker and
     worker: a task goes through the pipeline; SIGTERM stops it cleanly."""
-    if not server.kafka:
-        pytest.skip("the [kafka] variant runs it")
     from pipeline_helpers import worker_env
     env = {**worker_env(server.settings), "CALLSCRIBE_API_KEYS": KEY,
            "CALLSCRIBE_VOCABULARY_DB": str(tmp_path / "v.sqlite3")}
@@ -771,7 +750,7 @@ class _StuckRuntime:
 def test_socket_reading_pauses_when_recognition_falls_behind(loop_thread, tmp_path):
     rt = _StuckRuntime()
     settings = load_settings(api_keys=KEY, vocabulary_db=tmp_path / "v.sqlite3")
-    gw = loop_thread.run(_start(settings, rt))
+    gw = loop_thread.run(start_gateway(settings, rt))
     url = f"ws://127.0.0.1:{gw.port}/api-ws/v1/inference"
     chunk = bytes(256 * 1024)
     sent = [0]

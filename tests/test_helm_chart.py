@@ -28,9 +28,6 @@ CHART = REPO / "helm" / "callscribe"
 PRODUCTION = CHART / "values-production.yaml"
 KUBE_VERSION = "1.30.0"
 RELEASE = "cs"
-#: settings the worker reads that services/callscribe/settings.py does not define yet (the
-#: worker command is being written): the chart passes them already
-PENDING_SETTINGS = {"CALLSCRIBE_METRICS_PORT", "CALLSCRIBE_KAFKA_WORKER_GROUP"}
 SECRET_SETTINGS = {"CALLSCRIBE_API_KEYS", "CALLSCRIBE_KAFKA_SASL_USERNAME",
                    "CALLSCRIBE_KAFKA_SASL_PASSWORD", "CALLSCRIBE_KAFKA_SSL_KEY_PASSWORD"}
 KNOWN_SETTINGS = {f"CALLSCRIBE_{name.upper()}" for name in Settings.model_fields}
@@ -242,7 +239,7 @@ def test_settings_are_real_callscribe_settings_and_valid(scenario: list[dict], m
     no secret is in the ConfigMap."""
     data = configmap(scenario)
     for key in data:
-        assert key in KNOWN_SETTINGS | PENDING_SETTINGS, f"ConfigMap key {key} is not a setting"
+        assert key in KNOWN_SETTINGS, f"ConfigMap key {key} is not a setting"
         assert key not in SECRET_SETTINGS
         assert isinstance(data[key], str)
     env: dict[str, str] = dict(data)
@@ -250,7 +247,7 @@ def test_settings_are_real_callscribe_settings_and_valid(scenario: list[dict], m
         for e in container(dep).get("env", []):
             name = e["name"]
             assert name.startswith("CALLSCRIBE_"), name
-            assert name in KNOWN_SETTINGS | PENDING_SETTINGS, f"env {name} is not a setting"
+            assert name in KNOWN_SETTINGS, f"env {name} is not a setting"
             if name in SECRET_SETTINGS:
                 assert "valueFrom" in e and "secretKeyRef" in e["valueFrom"], name
             elif "value" in e:

@@ -11,7 +11,7 @@ Everything is done in-process with PyAV and soxr; channels are never mixed.
 
 from __future__ import annotations
 
-from .decoder import StreamDecoder, decode_bytes, open_decoder
+from .decoder import StreamDecoder, decode_bytes, open_decoder, select_channel
 from .formats import SUPPORTED_FORMATS, canonical_format, sniff_format
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "canonical_format",
     "decode_bytes",
     "open_decoder",
+    "select_channel",
     "sniff_format",
 ]

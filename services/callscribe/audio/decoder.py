@@ -281,3 +281,14 @@ def decode_bytes(
     if not parts:
         return dec._empty()
     return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
+def select_channel(pcm: np.ndarray, channel: int) -> np.ndarray:
+    """One channel of decoder output ``(channels, n)`` as a 1-D array (never a downmix)."""
+    if pcm.ndim == 2:
+        if pcm.shape[1] and channel >= pcm.shape[0]:
+            raise SessionError(f"channel {channel} requested but the audio has "
+                               f"{pcm.shape[0]} channel(s)")
+        pcm = pcm[channel] if pcm.shape[1] else pcm.reshape(-1)
+    return pcm
+

@@ -48,7 +48,7 @@ import structlog
 from opentelemetry import metrics
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from callscribe.audio import open_decoder
+from callscribe.audio import open_decoder, select_channel
 from callscribe.errors import CallscribeError, SessionError
 from callscribe.pipeline.codec import (AudioChunk, AudioOptions, CallSummary, Codec,
                                        CodecError, HotwordOption, TranscriptEvent)
@@ -215,12 +215,7 @@ class KafkaStream:
 
     # --- audio out ----------------------------------------------------------------------------
     def _mono(self, pcm: np.ndarray) -> np.ndarray:
-        if pcm.ndim == 2:
-            if pcm.shape[1] and self.channel >= pcm.shape[0]:
-                raise SessionError(f"channel {self.channel} requested but the audio has "
-                                   f"{pcm.shape[0]} channel(s)")
-            pcm = pcm[self.channel] if pcm.shape[1] else pcm.reshape(-1)
-        return pcm
+        return select_channel(pcm, self.channel)
 
     async def put(self, data: bytes) -> None:
         if self._finished:

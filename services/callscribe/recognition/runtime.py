@@ -22,7 +22,7 @@ import structlog
 from callscribe.asr.models import resolve_model_dir
 from callscribe.asr.vad import SileroVad
 from callscribe.asr.whisper import WhisperEngine
-from callscribe.audio import open_decoder
+from callscribe.audio import open_decoder, select_channel
 from callscribe.errors import CallscribeError, Overloaded, SessionError
 from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
 from callscribe.recognition.events import Event, FinalSentence, Partial
@@ -160,12 +160,7 @@ class AsyncStream:
         return self.session.audio_ms
 
     def _channel(self, pcm: np.ndarray) -> np.ndarray:
-        if pcm.ndim == 2:
-            if pcm.shape[1] and self.channel >= pcm.shape[0]:
-                raise SessionError(f"channel {self.channel} requested but the audio has "
-                                   f"{pcm.shape[0]} channel(s)")
-            pcm = pcm[self.channel] if pcm.shape[1] else pcm.reshape(-1)
-        return pcm
+        return select_channel(pcm, self.channel)
 
     def _feed_pcm(self, pcm: np.ndarray) -> None:
         if len(pcm):
