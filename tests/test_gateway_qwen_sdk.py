@@ -24,7 +24,8 @@ from websockets.sync.client import connect
 import audiogen
 from callscribe.settings import load_settings
 from callscribe.telemetry import configure_telemetry, render_metrics
-from test_gateway_sdk import KEY, LDC_WORDS, LoopThread, _start, norm
+from serverutil import LoopThread, start_gateway
+from test_gateway_sdk import KEY, LDC_WORDS, norm
 
 MODEL = "qwen3-asr-flash-realtime"
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -50,7 +51,7 @@ def server(loop_thread, runtime, tmp_path_factory):
     configure_telemetry()
     settings = load_settings(api_keys=KEY,
                              vocabulary_db=tmp_path_factory.mktemp("q") / "vocab.sqlite3")
-    gw = loop_thread.run(_start(settings, runtime, open_timeout=2.0))
+    gw = loop_thread.run(start_gateway(settings, runtime, open_timeout=2.0))
     gw.realtime_url = f"ws://127.0.0.1:{gw.port}/api-ws/v1/realtime"
     yield gw
     loop_thread.run(gw.shutdown(0))
@@ -408,7 +409,7 @@ def test_drain_on_shutdown(loop_thread, runtime, tmp_path, shared_audio):
     """SIGTERM's path (Gateway.shutdown): a realtime session gets the grace, then what it sent
     is recognised, then server_error ServerShuttingDown and close 1001."""
     settings = load_settings(api_keys=KEY, vocabulary_db=tmp_path / "v.sqlite3")
-    gw = loop_thread.run(_start(settings, runtime))
+    gw = loop_thread.run(start_gateway(settings, runtime))
     url = f"ws://127.0.0.1:{gw.port}/api-ws/v1/realtime"
     pcm = pcm_of(shared_audio / "en_jfk_16k.wav")
     with open_session(url) as ws:
