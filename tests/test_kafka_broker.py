@@ -71,7 +71,11 @@ async def test_produce_consume_restart(kafka_broker: KafkaBroker) -> None:
         await admin.create_topics(
             [NewTopic(name=topic, num_partitions=PARTITIONS, replication_factor=1)]
         )
-        assert topic in await admin.list_topics()
+        # the broker's metadata cache learns of a new topic a moment after the controller
+        deadline = asyncio.get_running_loop().time() + 30
+        while topic not in await admin.list_topics():
+            assert asyncio.get_running_loop().time() < deadline, f"{topic} never listed"
+            await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
