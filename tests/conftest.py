@@ -51,3 +51,13 @@ def runtime(settings):
     rt = Runtime.create(settings)
     yield rt
     rt.close()
+
+
+@pytest.fixture(scope="module")
+def loop_thread():
+    """An asyncio loop in a thread, for tests that run a gateway beside synchronous clients."""
+    from serverutil import LoopThread
+
+    lt = LoopThread()
+    yield lt
+    lt.stop()

@@ -14,6 +14,12 @@ from callscribe.gateway.server import Gateway
 from callscribe.recognition.vocabulary import VocabularyStore
 
 
+class StubRuntime:
+    """A runtime that is ready and recognises nothing (gateway tests without the model)."""
+
+    ready = True
+
+
 class LoopThread:
     """An asyncio loop in a daemon thread; ``run(coro)`` waits for the result."""
 

@@ -28,7 +28,7 @@ import pytest
 
 from callscribe.gateway.static import CSP, StaticFiles
 from callscribe.settings import load_settings
-from serverutil import LoopThread, start_gateway
+from serverutil import StubRuntime, start_gateway
 
 KEY = "sk-captions-page-key"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -60,17 +60,6 @@ def request(port: int, method: str, path: str, headers: dict | None = None):
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         conn.close()
-
-
-class StubRuntime:
-    ready = True
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    lt = LoopThread()
-    yield lt
-    lt.stop()
 
 
 # --- the files over HTTP (no browser, no model) ----------------------------------------------

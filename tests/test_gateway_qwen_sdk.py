@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 import audiogen
 from callscribe.settings import load_settings
 from callscribe.telemetry import configure_telemetry, render_metrics
-from serverutil import LoopThread, start_gateway
+from serverutil import start_gateway
 from test_gateway_sdk import KEY, LDC_WORDS, norm
 
 MODEL = "qwen3-asr-flash-realtime"
@@ -37,13 +37,6 @@ EMOTIONS = {"surprised", "neutral", "happy", "sad", "disgusted", "angry", "fearf
 #: "ask not" or "is not")
 JFK = ["fellow americans", "not", "what you can do for your country"]
 pytestmark = pytest.mark.shared_audio
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    lt = LoopThread()
-    yield lt
-    lt.stop()
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from websockets.sync.client import connect
 
 import audiogen
 from kafka_broker import make_kafka_fixture
-from serverutil import LoopThread, start_gateway
+from serverutil import start_gateway
 from callscribe.errors import ConfigurationError
 from callscribe.gateway.server import Gateway
 from callscribe.recognition.events import FinalSentence
@@ -54,15 +54,6 @@ class Srv:
         self.port = gw.port
         self.ws_url = f"ws://127.0.0.1:{gw.port}/api-ws/v1/inference"
         self.http_url = f"http://127.0.0.1:{gw.port}/api/v1"
-
-
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    lt = LoopThread()
-    yield lt
-    lt.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 
 from callscribe.gateway.tokens import PREFIX, TokenStore, TokenStoreFull
 from callscribe.settings import load_settings
-from serverutil import LoopThread, start_gateway
+from serverutil import StubRuntime, start_gateway
 
 KEY = "sk-token-test-key"
 OTHER_KEY = "sk-token-other-key"
@@ -121,17 +121,6 @@ def test_concurrent_redeem_succeeds_exactly_once():
 
 
 # --- over HTTP and WebSocket -----------------------------------------------------------------
-
-
-class StubRuntime:
-    ready = True
-
-
-@pytest.fixture(scope="module")
-def loop_thread():
-    lt = LoopThread()
-    yield lt
-    lt.stop()
 
 
 @pytest.fixture(scope="module")
