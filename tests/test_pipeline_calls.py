@@ -183,7 +183,7 @@ class MemorySink:
     async def save(self, st) -> None:
         self.log.append(("save", copy.deepcopy(st.record.to_json())))
 
-    async def publish(self, st, value: bytes) -> None:
+    async def publish(self, st, value: bytes, headers=None) -> None:
         self.log.append(("publish", self.codec.decode(value)))
 
     def publish_partial(self, st, value: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -121,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        # before CTranslate2 loads: see callscribe/asr/__init__.py
+        os.environ.setdefault("OMP_NUM_THREADS", str(settings.cpu_threads))
         from callscribe.logs import configure_logging
         configure_logging(settings)
         return int(args.func(args, settings) or 0)

@@ -221,6 +221,8 @@ class ChannelState:
         self.accounted_ms = 0  # audio fed, not yet processed (the worker's budget)
         self.gap_filled_ms = 0
         self.audio_end_ms = 0  # end of the latest audio received: the channel's duration
+        #: the trace context of the latest chunk (its record headers); decodes run in it
+        self.trace_context: Any = None
         self._decoder: Any = None
         self._decoder_key: tuple[str, int] | None = None
         if self.record.ended:  # over already (a replay): chunks are acknowledged at once

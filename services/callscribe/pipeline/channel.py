@@ -34,6 +34,7 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry import trace
 
 from callscribe.errors import CallscribeError
 from callscribe.pipeline.calls import ChannelState, HeldChunk
@@ -42,6 +43,7 @@ from callscribe.pipeline.codec import (Codec, DeadLetter, TranscriptError, Trans
                                        transcript_from_partial)
 from callscribe.pipeline.flow import InflightBudget, WorkerMetrics
 from callscribe.recognition.events import FinalSentence, Partial
+from callscribe.tracing import run_in_context, trace_headers, tracer
 
 log = structlog.get_logger("callscribe.worker")
 
@@ -50,7 +52,8 @@ class Sink(Protocol):
     async def save(self, state: ChannelState) -> None:
         """Write the channel's record to the table; return once the changelog has it."""
 
-    async def publish(self, state: ChannelState, value: bytes) -> None:
+    async def publish(self, state: ChannelState, value: bytes,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
         """A final (or error) event to the transcripts topic; return once delivered."""
 
     def publish_partial(self, state: ChannelState, value: bytes) -> None:
@@ -162,7 +165,8 @@ class ChannelProcessor:
         try:
             if rt is not None:
                 rt.inflight += 1
-            events = await loop.run_in_executor(self.executor, session.process)
+            events = await loop.run_in_executor(self.executor, run_in_context,
+                                                st.trace_context, session.process)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # DecodeFailed after the retries, or a session error
@@ -205,7 +209,12 @@ class ChannelProcessor:
         if event.emotion is not None:
             rec.polarity[event.emotion.polarity] = rec.polarity.get(event.emotion.polarity,
                                                                     0) + 1
-        await self._publish(self.codec.encode(event))
+        with tracer("callscribe.worker").start_as_current_span(
+                "transcript.publish", context=st.trace_context, kind=trace.SpanKind.PRODUCER,
+                attributes={"call_id": st.call_id, "channel": st.channel,
+                            "sentence_id": event.sentence_id,
+                            "messaging.system": "kafka"}):
+            await self._publish(self.codec.encode(event), trace_headers())
         self.metrics.finals.add(1)
         if rec.capture_base_ms is not None:
             self.metrics.final_delay.record(max(0, event.created_at_ms
@@ -213,12 +222,13 @@ class ChannelProcessor:
         self.log.info("final published", sentence_id=ev.sentence_id, begin_ms=event.begin_ms,
                       end_ms=event.end_ms, chars=len(event.text))
 
-    async def _publish(self, value: bytes) -> None:
+    async def _publish(self, value: bytes, headers: list[tuple[str, bytes]] | None = None
+                       ) -> None:
         """Write-ahead, publish, confirm (the module docstring's steps 1-3)."""
         st = self.state
         st.record.pending = base64.b64encode(value).decode()
         await self.sink.save(st)
-        await self.sink.publish(st, value)
+        await self.sink.publish(st, value, headers)
         st.record.pending = None
         await self.sink.save(st)
 
@@ -265,7 +275,7 @@ class ChannelProcessor:
             final=True, engine=self.engine, model=self.model,
             idempotency_key=final_idempotency_key(st.call_id, st.channel, rec.sid, begin),
             created_at_ms=now_ms(), error=TranscriptError(code, message[:3900]))
-        await self._publish(self.codec.encode(event))
+        await self._publish(self.codec.encode(event), trace_headers(st.trace_context))
         self._release(chunks)
         st.restart_session()
 

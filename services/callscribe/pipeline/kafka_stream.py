@@ -206,6 +206,8 @@ class KafkaStream:
         self._closed = False
         self._last_final = 0
         self._deadline: float | None = None
+        #: the task's trace context: the chunks' headers carry it to the worker
+        self.trace_context: Any = None
         self.log = log.bind(call_id=self.call_id)
         self.log.info("task audio goes to the pipeline", task_id=task_id)
 
@@ -238,7 +240,7 @@ class KafkaStream:
             capture_time_ms=int(time.time() * 1000), offset_ms=self._sent * 1000 // RATE,
             format="pcm", sample_rate=RATE, payload=payload, end_of_stream=eos,
             options=self.options if self._seq == 0 else None)
-        await self.pipeline.producer.send(chunk)
+        await self.pipeline.producer.send(chunk, context=self.trace_context)
         self._seq += 1
         self._sent += len(payload) // 2
 

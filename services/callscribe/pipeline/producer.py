@@ -30,6 +30,8 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.partitioner import DefaultPartitioner
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from callscribe.audio import open_decoder, sniff_format
 from callscribe.errors import CallscribeError, ConfigurationError, UnsupportedFormat
@@ -46,6 +48,7 @@ from callscribe.pipeline.topics import (
     raise_if_refused,
 )
 from callscribe.settings import Settings
+from callscribe.tracing import span_context, tracer, with_trace_headers
 
 __all__ = ["AudioProducer", "BrokerUnavailable", "ProduceReport", "default_roles", "produce_file"]
 
@@ -147,8 +150,11 @@ class AudioProducer:
         await self.stop(abort=exc_type is not None)
 
     # -- sending ---------------------------------------------------------------------------
-    async def send(self, chunk: AudioChunk) -> None:
+    async def send(self, chunk: AudioChunk, *, context: Context | None = None) -> None:
         """Queue one chunk; returns once it is handed to the client (not yet acknowledged).
+
+        The record's headers carry the trace context ``context`` (default: the current one),
+        so the worker's spans for this audio join the caller's trace.
 
         Raises CodecError for a record that breaks the schema, BrokerUnavailable when this or an
         earlier record was not acknowledged within the deadline.
@@ -157,6 +163,7 @@ class AudioProducer:
         if self._producer is None:
             raise CallscribeError("AudioProducer used before start()", code="InternalError")
         value = self.codec.encode(chunk)
+        headers = with_trace_headers(_HEADERS, context)
         loop = asyncio.get_running_loop()
         deadline_at = loop.time() + self.deadline_s
         what = f"call {chunk.call_id} channel {chunk.channel} seq {chunk.seq}"
@@ -168,13 +175,14 @@ class AudioProducer:
                 f"records within {self.deadline_s:g} s (waiting to send {what})")) from None
         try:
             self._raise_failure()  # an earlier record failed while this one waited for room
-            fut = await self._append(chunk.key, value, chunk.capture_time_ms, deadline_at, what)
+            fut = await self._append(chunk.key, value, headers, chunk.capture_time_ms,
+                                     deadline_at, what)
         except BaseException:
             self._sem.release()
             raise
         self.bytes_sent += len(value)
-        task = loop.create_task(self._await_ack(fut, chunk.key, value, chunk.capture_time_ms,
-                                                deadline_at, what))
+        task = loop.create_task(self._await_ack(fut, chunk.key, value, headers,
+                                                chunk.capture_time_ms, deadline_at, what))
         self._pending.add(task)
         task.add_done_callback(self._ack_done)
 
@@ -191,8 +199,8 @@ class AudioProducer:
             await asyncio.wait(list(self._pending))
         self._raise_failure()
 
-    async def _append(self, key: bytes, value: bytes, ts: int, deadline_at: float,
-                      what: str) -> asyncio.Future:
+    async def _append(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]],
+                      ts: int, deadline_at: float, what: str) -> asyncio.Future:
         assert self._producer is not None
         loop = asyncio.get_running_loop()
         backoff = self.settings.kafka_retry_backoff_ms / 1000
@@ -201,7 +209,7 @@ class AudioProducer:
             try:
                 fut = await asyncio.wait_for(
                     self._producer.send(self.topic, value, key=key, timestamp_ms=ts,
-                                        headers=_HEADERS), remaining)
+                                        headers=headers), remaining)
                 fut.add_done_callback(mark_seen)
                 return fut
             except TimeoutError as exc:
@@ -214,8 +222,9 @@ class AudioProducer:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
         raise self._fail(self._unavailable(what, last))
 
-    async def _await_ack(self, fut: asyncio.Future, key: bytes, value: bytes, ts: int,
-                         deadline_at: float, what: str) -> None:
+    async def _await_ack(self, fut: asyncio.Future, key: bytes, value: bytes,
+                         headers: list[tuple[str, bytes]], ts: int, deadline_at: float,
+                         what: str) -> None:
         loop = asyncio.get_running_loop()
         backoff = self.settings.kafka_retry_backoff_ms / 1000
         while True:
@@ -228,7 +237,7 @@ class AudioProducer:
                 log.warning("kafka send failed, retrying", record=what, error=repr(exc))
                 await asyncio.sleep(min(backoff, max(0.0, deadline_at - loop.time())))
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-                fut = await self._append(key, value, ts, deadline_at, what)
+                fut = await self._append(key, value, headers, ts, deadline_at, what)
                 continue
             self.acked += 1
             return
@@ -395,6 +404,12 @@ async def produce_file(path: str | Path, call_id: str,
         await prod.start()
     bytes0 = prod.bytes_sent
     seq, audio_ms, info = 0, [0] * len(roles), {}
+    # one span for the call; every chunk's headers carry it to the worker
+    span = tracer("callscribe.producer").start_span(
+        "produce call", kind=trace.SpanKind.PRODUCER,
+        attributes={"call_id": call_id, "file": path.name, "messaging.system": "kafka",
+                    "messaging.destination.name": prod.topic})
+    ctx = span_context(span)
     try:
         loop = asyncio.get_running_loop()
         pace0 = loop.time()
@@ -406,7 +421,7 @@ async def produce_file(path: str | Path, call_id: str,
                 await asyncio.sleep(max(0.0, pace0 + (seq + 1) * chunk_ms / 1000 - loop.time()))
             for ch, role in enumerate(roles):
                 if role:
-                    await prod.send(chunk(ch, seq, piece[ch].tobytes()))
+                    await prod.send(chunk(ch, seq, piece[ch].tobytes()), context=ctx)
                     audio_ms[ch] += piece.shape[1] * 1000 // target
             seq += 1
         if seq == 0:  # no audio at all: still end each channel's stream
@@ -414,13 +429,18 @@ async def produce_file(path: str | Path, call_id: str,
             audio_ms = [0] * len(roles)
         for ch, role in enumerate(roles):
             if role:
-                await prod.send(chunk(ch, seq, b"", eos=True))
+                await prod.send(chunk(ch, seq, b"", eos=True), context=ctx)
         await prod.flush()
         partition = await prod.partition_for(call_id)
-    except BaseException:
+    except BaseException as exc:
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+        span.end()
         if own:
             await prod.stop(abort=True)
         raise
+    span.set_attribute("chunks", seq + 1)
+    span.end()
     if own:
         await prod.stop()
     report = ProduceReport(

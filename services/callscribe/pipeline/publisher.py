@@ -102,7 +102,8 @@ class ResultsProducer:
             await close_quietly(producer, timeout=10)
 
     async def send(self, topic: str, value: bytes | None, *, key: bytes,
-                   partition: int | None = None) -> Any:
+                   partition: int | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> Any:
         """Deliver one record; retried (with backoff) until the broker acknowledges it."""
         assert self._producer is not None, "ResultsProducer used before start()"
         loop = asyncio.get_running_loop()
@@ -110,7 +111,8 @@ class ResultsProducer:
         warn_at = loop.time() + self.deadline_s
         while True:
             try:
-                fut = await self._producer.send(topic, value, key=key, partition=partition)
+                fut = await self._producer.send(topic, value, key=key, partition=partition,
+                                                headers=headers or None)
                 return await fut
             except (KafkaError, OSError) as exc:
                 if isinstance(exc, KafkaError) and not is_retriable(exc):
@@ -175,8 +177,10 @@ class KafkaSink:
         return ChannelRecord.from_json(self.worker.table.data.get(key))
 
     # --- results ------------------------------------------------------------------------------
-    async def publish(self, state: ChannelState, value: bytes) -> None:
-        await self.producer.send(self.transcripts, value, key=state.call_id.encode())
+    async def publish(self, state: ChannelState, value: bytes,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
+        await self.producer.send(self.transcripts, value, key=state.call_id.encode(),
+                                 headers=headers)
 
     def publish_partial(self, state: ChannelState, value: bytes) -> None:
         if not self.worker.settings.kafka_partials_enabled or len(self._bg) >= MAX_PARTIALS:

@@ -46,6 +46,7 @@ from callscribe.pipeline.flow import IdleWatch, InflightBudget, RetryingEngine, 
 from callscribe.pipeline.publisher import KafkaSink, ResultsProducer, faust_credentials
 from callscribe.recognition.session import RecognitionSession
 from callscribe.settings import Settings
+from callscribe.tracing import context_from_headers
 
 log = structlog.get_logger("callscribe.worker")
 #: at most this long a revocation waits for critical sections, then for its commit
@@ -147,7 +148,7 @@ class PipelineWorker:
             self._spawn(self._dead_letter(rec, p, offset))
             return
         try:
-            await self._route(rec, p, offset, raw)
+            await self._route(rec, p, offset, raw, context_from_headers(event.headers))
         except Exception as exc:  # a bug must not stop the partition: dead-letter the record
             log.exception("chunk could not be processed", partition=p, offset=offset,
                           call_id=rec.call_id, channel=rec.channel)
@@ -160,10 +161,13 @@ class PipelineWorker:
         self.metrics.dead_letters.add(1, {"reason": rec.error_code})
         self.release(partition, [offset])
 
-    async def _route(self, chunk: AudioChunk, p: int, offset: int, raw: bytes) -> None:
+    async def _route(self, chunk: AudioChunk, p: int, offset: int, raw: bytes,
+                     trace_context: Any = None) -> None:
         key = f"{chunk.call_id}:{chunk.channel}"
         proc = self.channels.get(key) or self._open(chunk, p)
         st = proc.state
+        if trace_context is not None:
+            st.trace_context = trace_context
         gen = self.generation
         await self.budget.wait_room(st, lambda: self.generation != gen or self.stopping)
         if self.generation != gen and self.channels.get(key) is not proc or self.stopping:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import structlog
@@ -30,6 +32,7 @@ from callscribe.recognition.telemetry import RecognitionTelemetry, StreamClock
 from callscribe.recognition.postprocess import hotword_prompt, make_final_hook
 from callscribe.recognition.session import RecognitionSession, SessionOptions
 from callscribe.settings import Settings
+from callscribe.tracing import run_in_context
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +82,11 @@ class Runtime:
         engine = WhisperEngine(model_dir, compute_type=settings.compute_type,
                                cpu_threads=settings.cpu_threads,
                                num_workers=settings.decode_workers)
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        if omp.isdigit() and int(omp) < settings.cpu_threads:
+            log.warning("OMP_NUM_THREADS is below CALLSCRIBE_CPU_THREADS: each decode uses "
+                        "at most OMP_NUM_THREADS cores", omp_num_threads=int(omp),
+                        cpu_threads=settings.cpu_threads)
         log.info("model loaded", model=engine.model_name, path=str(model_dir))
         emotion = make_emotion_estimator(settings.emotion_estimator)
         return cls(settings, engine, SileroVad(), emotion)
@@ -148,6 +156,8 @@ class AsyncStream:
         self._clock = StreamClock()
         session.pool_busy = runtime.pool_busy
         self._first_partials: set[int] = set()
+        #: the caller's trace context (e.g. the task's span): the decode spans' parent
+        self.trace_context: Any = None
         runtime.telemetry.track(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -223,8 +233,9 @@ class AsyncStream:
                 while self.session.has_work():
                     before = self.session.audio_ms - self.session.pending_ms
                     t0 = time.perf_counter()
-                    events = await loop.run_in_executor(self.runtime.executor,
-                                                        self._process, time.perf_counter())
+                    events = await loop.run_in_executor(
+                        self.runtime.executor, run_in_context, self.trace_context,
+                        self._process, time.perf_counter())
                     self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()
