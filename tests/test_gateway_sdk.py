@@ -413,6 +413,12 @@ def test_health_ready_metrics(sdk, server, shared_audio):
         found = re.search(re.escape(name) + r'[^\n]* (\d+(\.\d+)?)\n', m.text)
         assert found and float(found.group(1)) > 0, name
     assert server.kafka or "callscribe_recognition_queue_depth_milliseconds" in m.text
+    # the gateway's Kafka hop (worker -> gateway) in 1 ms buckets at the low end, where hops
+    # fall (the latency buckets would put every hop in 0-25 ms)
+    if server.kafka:
+        found = re.search(r'callscribe_kafka_hop_worker_to_gateway_milliseconds_bucket'
+                          r'\{le="5"[^}]*\} (\d+(\.\d+)?)\n', m.text)
+        assert found, "no 5 ms bucket on the worker -> gateway hop histogram"
 
 
 # --- bad input, with a good session running at the same time ------------------------------------

@@ -109,3 +109,24 @@ def test_no_text_inside_labelled_non_speech(runtime, shared_audio):
                     if ge - gb > 2 * margin and gb + margin <= b and e <= ge - margin:
                         offenders.append((name, w.text, b, e, gb, ge))
     assert not offenders, offenders
+
+
+def test_a_short_sentence_keeps_the_language_of_the_call(runtime, shared_audio):
+    """JFK's "Ask not." is a 1.4 s sentence at 500 ms silence; with the recording 537 ms into
+    the stream, Whisper's language detection on it alone says Arabic (p < 0.8) and writes
+    "لا تقلت.".  The stream has been confidently English: the unsure detection yields."""
+    import numpy as np
+
+    from callscribe.audio import decode_bytes
+
+    audio = decode_bytes((shared_audio / "en_jfk_16k.wav").read_bytes(), "wav")[0]
+    x = np.concatenate([np.zeros(537 * 16, np.float32), audio, np.zeros(16000, np.float32)])
+    x = (np.clip(x, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768
+    session = runtime.new_session(StreamOptions(max_sentence_silence_ms=500))
+    finals = []
+    for i in range(0, len(x), 1600):
+        session.accept_waveform(x[i:i + 1600])
+        finals += [ev for ev in session.process() if type(ev).__name__ == "FinalSentence"]
+    assert len(finals) >= 3, [f.text for f in finals]
+    assert all(f.language == "en" for f in finals), [(f.language, f.text) for f in finals]
+    assert all(ch.isascii() for f in finals for ch in f.text), [f.text for f in finals]

@@ -70,6 +70,21 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _whole_file_wer(load: Any, settings: Settings) -> float:
+    """Computed before the run, in this process (the model is loaded and dropped here)."""
+    from callscribe.asr.models import resolve_model_dir
+    from callscribe.asr.whisper import WhisperEngine
+    from callscribe.benchmark.workload import whole_file_wer
+
+    engine = WhisperEngine(resolve_model_dir(settings.model_dir, settings.cache_dir),
+                           compute_type=settings.compute_type,
+                           cpu_threads=settings.cpu_threads, num_workers=1)
+    try:
+        return whole_file_wer(load, engine)
+    finally:
+        del engine
+
+
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from callscribe.benchmark import plots
     from callscribe.benchmark.runner import RunConfig, results_dir, run_load, within_bounds
@@ -79,7 +94,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     load = build_workload(Path(args.audio))
     out = results_dir(Path(args.out))
     doc: dict = {"command": args.bench_command, "machine": _machine(),
-                 "workload_s": round(load.duration_s, 1), "runs": []}
+                 "workload_s": round(load.duration_s, 1), "runs": [],
+                 "wer_whole_file": round(_whole_file_wer(load, settings), 4)}
     with target(args.mode, settings, kafka=args.kafka) as tgt:
         if args.bench_command == "load":
             doc["runs"].append(run_load(RunConfig(args.mode, args.clients,
@@ -107,6 +123,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     (out / "result.json").write_text(json.dumps(doc, indent=2))
     plots.write_all(doc, out)
     print(_table(doc["runs"]))
+    wers = sorted({r["wer"] for r in doc["runs"] if r["wer"] is not None})
+    print(f"\nWER: streaming finals {', '.join(map(str, wers)) or '-'}; the same model on each "
+          f"whole recording at once {doc['wer_whole_file']}")
     if "capacity" in doc:
         print(f"\ncapacity ({args.mode}): {doc['capacity']} concurrent real-time streams")
     if "drift" in doc:

@@ -134,7 +134,10 @@ class Settings(BaseSettings):
     #: full buffer makes ``send`` wait, for at most the deadline.
     kafka_max_pending: int = Field(default=1000, ge=1, le=1000000)
     #: Producer linger (ms): how long a batch waits for more records before it is sent.
-    kafka_linger_ms: int = Field(default=5, ge=0, le=1000)
+    #: 0: at once (records still batch while a request is in flight).  Every final crosses
+    #: three sends (audio chunk, write-ahead table record, transcript), so each ms here costs
+    #: up to 3 ms of final latency; 5 ms measured +10 ms p50 over 0 at 4 streams.
+    kafka_linger_ms: int = Field(default=0, ge=0, le=1000)
     #: Audio per AudioChunk (ms) the producer sends.
     kafka_chunk_ms: int = Field(default=100, ge=10, le=1000)
     #: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).

@@ -22,6 +22,9 @@ from callscribe import __version__
 #: bucket bounds (ms) for latency histograms: first/last package delay, decode time
 LATENCY_BUCKETS_MS = (25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000,
                       30000)
+#: Kafka hops (``callscribe.kafka.hop.*``) take milliseconds: 1 ms resolution where they fall
+HOP_BUCKETS_MS = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50, 75, 100, 250, 500,
+                  1000, 5000)
 
 _lock = threading.Lock()
 _registry: CollectorRegistry | None = None
@@ -65,7 +68,11 @@ def configure_telemetry(service_name: str = "callscribe",
                                       "service.version": __version__}),
             metric_readers=[reader],
             views=[View(instrument_type=Histogram, instrument_unit="ms",
-                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS))],
+                        instrument_name="callscribe.[!k]*",  # all but callscribe.kafka.*
+                        aggregation=ExplicitBucketHistogramAggregation(LATENCY_BUCKETS_MS)),
+                   View(instrument_type=Histogram, instrument_unit="ms",
+                        instrument_name="callscribe.kafka.hop.*",
+                        aggregation=ExplicitBucketHistogramAggregation(HOP_BUCKETS_MS))],
         )
         metrics.set_meter_provider(provider)
         _registry = registry

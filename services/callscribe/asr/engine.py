@@ -24,6 +24,9 @@ class DecodeRequest:
     language_hints: tuple[str, ...] = ()
     #: language already detected for this sentence (skips detection)
     language: str | None = None
+    #: the language the stream has been confidently in so far: kept when detection on this
+    #: audio is unsure (a 1 s "Ask not." can come out as Arabic otherwise)
+    language_prior: str | None = None
     #: free text to bias the decoder (hotwords, context)
     prompt: str | None = None
     #: text decoded for the previous sentence (conditioning); may be ignored

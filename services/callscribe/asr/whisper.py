@@ -29,6 +29,8 @@ from callscribe.asr.engine import DecodeRequest, DecodeResult, RawWord
 from callscribe.errors import EngineError, ModelError
 
 SAMPLE_RATE = 16000
+#: a detected language below this probability yields to the stream's prior language
+UNSURE_LANGUAGE_P = 0.8
 _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 
@@ -102,12 +104,16 @@ class WhisperEngine:
         hints = [h for h in req.language_hints if self.supported_language(h)]
         if len(hints) == 1:
             return hints[0], 1.0
-        probs = self._model.detect_language(enc)[0]
-        for token, p in probs:
-            code = token[2:-2]
-            if not hints or code in hints:
-                return code, float(p)
-        return (hints[0] if hints else "en"), 0.0
+        probs = [(token[2:-2], float(p)) for token, p in self._model.detect_language(enc)[0]]
+        allowed = [(code, p) for code, p in probs if not hints or code in hints]
+        if not allowed:
+            return (hints[0] if hints else "en"), 0.0
+        code, p = allowed[0]
+        prior = req.language_prior
+        if prior and code != prior and p < UNSURE_LANGUAGE_P \
+                and (not hints or prior in hints):
+            return prior, next((q for c, q in probs if c == prior), 0.0)
+        return code, p
 
     def _prompt(self, tok: Tokenizer, req: DecodeRequest, language: str | None,
                 timestamps: bool, bias: bool = False) -> list[int]:

@@ -100,9 +100,11 @@ async def _clients(cfg: RunConfig, load: Workload, url: str | None, runtime) -> 
         out = None
         for _ in range(cfg.repeat):
             if cfg.mode == "engine":
-                out = await engine_client(i, runtime, load, cfg.max_sentence_silence, deadline)
+                out = await engine_client(i, runtime, load.for_client(i),
+                                          cfg.max_sentence_silence, deadline)
             else:
-                out = await run_task_client(i, url, "bench", load, cfg.max_sentence_silence,
+                out = await run_task_client(i, url, "bench", load.for_client(i),
+                                            cfg.max_sentence_silence,
                                             deadline)
         return out
 

@@ -41,10 +41,29 @@ def target(mode: str, settings: Settings, *, kafka: str | None = None) -> Iterat
                                       env={**os.environ, **env, "CALLSCRIBE_LOG_LEVEL": "warning"},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             stack.callback(_stop, worker)
+            _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", worker, 120)
             server = stack.enter_context(ServerProcess(env, ["--kafka", bootstrap]))
             yield {"server": server, "extra_pids": [worker.pid],
                    "hop_metrics": {"produce_to_worker": f"http://127.0.0.1:{metrics_port}/metrics",
                                    "worker_to_gateway": f"http://127.0.0.1:{server.port}/metrics"}}
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    """Until ``url`` answers (the worker's metrics server is up), or fail with why."""
+    import time
+    import urllib.request
+
+    end = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} before serving {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > end:
+                raise RuntimeError(f"{url} did not answer within {timeout_s:g} s") from None
+            time.sleep(0.2)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -25,6 +25,19 @@ class Workload:
     pcm: bytes  # s16le mono 16 kHz
     reference: str
     duration_s: float
+    #: (reference, float32 audio) of each recording, for the whole-file baseline
+    utterances: tuple[tuple[str, np.ndarray], ...] = ()
+
+    def for_client(self, i: int) -> Workload:
+        """Client ``i``'s copy: 37 ms more leading silence per client (cycling over 8), so the
+        clients' VAD frames (32 ms) and sentence cuts fall at different places in the speech,
+        as on real calls.  Whisper's text on a short segment can change with a shift of a few
+        tens of ms; the pooled WER then measures streaming, not one lucky or unlucky cut."""
+        extra = (i % 8) * 37 * RATE // 1000
+        if not extra:
+            return self
+        return Workload(pcm=bytes(2 * extra) + self.pcm, reference=self.reference,
+                        duration_s=self.duration_s + extra / RATE, utterances=self.utterances)
 
     def chunks(self) -> list[bytes]:
         step = RATE * 2 * CHUNK_MS // 1000
@@ -34,11 +47,29 @@ class Workload:
 def build_workload(audio_dir: Path, gap_s: float = 1.5) -> Workload:
     with open(audio_dir / "MANIFEST.tsv", newline="", encoding="utf-8") as f:
         manifest = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
-    parts, refs = [np.zeros(int(0.5 * RATE), np.float32)], []
+    parts, refs, utts = [np.zeros(int(0.5 * RATE), np.float32)], [], []
     for name in CALL_FILES:
-        parts.append(decode_bytes((audio_dir / name).read_bytes(), "wav")[0])
+        audio = decode_bytes((audio_dir / name).read_bytes(), "wav")[0]
+        parts.append(audio)
         parts.append(np.zeros(int(gap_s * RATE), np.float32))
         refs.append(manifest[name]["transcript"])
+        utts.append((manifest[name]["transcript"], audio))
     audio = np.concatenate(parts)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
-    return Workload(pcm=pcm, reference=" ".join(refs), duration_s=len(audio) / RATE)
+    return Workload(pcm=pcm, reference=" ".join(refs), duration_s=len(audio) / RATE,
+                    utterances=tuple(utts))
+
+
+def whole_file_wer(load: Workload, engine) -> float:
+    """WER of the same model decoding each recording of the workload whole, at once (no VAD,
+    no streaming, no partials): the baseline the streaming finals are held to."""
+    from callscribe.asr.engine import DecodeRequest
+    from callscribe.benchmark.metrics import error_rate
+
+    pairs = []
+    for ref, audio in load.utterances:
+        # the engine's own limit is one 30 s window; longer recordings go in 30 s pieces
+        hyp = " ".join(engine.decode(DecodeRequest(audio=audio[i:i + 30 * RATE])).text
+                       for i in range(0, len(audio), 30 * RATE))
+        pairs.append((ref, hyp))
+    return error_rate(pairs, "en")

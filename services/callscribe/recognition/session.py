@@ -39,6 +39,8 @@ from callscribe.recognition.telemetry import RecognitionTelemetry
 from callscribe.recognition.words import close_sentence, settle, to_words, words_text
 
 MS = SAMPLE_RATE // 1000
+#: a final detected with at least this probability sets the stream's prior language
+CONFIDENT_LANGUAGE_P = 0.8
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class RecognitionSession:
         self._silence_run_ms = 0
         self._floor = 0  # sample index of the last commit: sentences start at or after it
         self._prev_text: str | None = None
+        #: the language of the stream so far (confident finals): unsure detections yield to it
+        self._language_prior: str | None = None
         self.decodes = {"partial": 0, "final": 0}
         #: the Kafka worker turns partials off under load (its backpressure degrades them
         #: first); read on every partial decision, so it takes effect at once
@@ -369,6 +373,8 @@ class RecognitionSession:
                     final = self.final_hook(final, audio)
                 events.append(final)
                 self._prev_text = result.text.strip()[-200:]
+                if result.language_probability >= CONFIDENT_LANGUAGE_P:
+                    self._language_prior = result.language
                 self._next_id += 1
         if stopped:
             events.append(SpeechStopped(s.sentence_id, end_ms))
@@ -377,7 +383,8 @@ class RecognitionSession:
                 previous: str | None = None) -> DecodeResult:
         request = DecodeRequest(
             audio=audio, partial=partial, language_hints=self.options.language_hints,
-            language=language, prompt=self.options.prompt, previous_text=previous,
+            language=language, language_prior=self._language_prior,
+            prompt=self.options.prompt, previous_text=previous,
             bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms)
         if self.telemetry is None:
             return self.engine.decode(request)
