@@ -125,8 +125,9 @@ class WorkerProcess:
 
 async def read_results(bootstrap: str, topics: list[str],
                        done: Callable[[list[tuple[str, Any]]], bool], timeout: float = 60,
-                       ) -> list[tuple[str, Any]]:
-    """(topic, record) from the start of ``topics`` until ``done(records)`` or the timeout."""
+                       *, headers: bool = False) -> list[tuple[str, Any]]:
+    """(topic, record) from the start of ``topics`` until ``done(records)`` or the timeout;
+    (topic, record, [(header, value)...]) with ``headers``."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
@@ -136,27 +137,28 @@ async def read_results(bootstrap: str, topics: list[str],
         while not done(out):
             assert time.monotonic() < end, f"timed out after {timeout} s with {len(out)} records"
             for tp, records in (await consumer.getmany(timeout_ms=300)).items():
-                out.extend((tp.topic, decode(r.value)) for r in records)
+                out.extend((tp.topic, decode(r.value), list(r.headers or ())) if headers
+                           else (tp.topic, decode(r.value)) for r in records)
     finally:
         await consumer.stop()
     return out
 
 
 def finals(records: list[tuple[str, Any]], call_id: str) -> list[TranscriptEvent]:
-    return [r for _, r in records if isinstance(r, TranscriptEvent) and r.final
+    return [r for _, r, *_ in records if isinstance(r, TranscriptEvent) and r.final
             and r.call_id == call_id]
 
 
 def summaries(records: list[tuple[str, Any]], call_id: str) -> list[CallSummary]:
-    return [r for _, r in records if isinstance(r, CallSummary) and r.call_id == call_id]
+    return [r for _, r, *_ in records if isinstance(r, CallSummary) and r.call_id == call_id]
 
 
 def dead_letters(records: list[tuple[str, Any]]) -> list[DeadLetter]:
-    return [r for _, r in records if isinstance(r, DeadLetter)]
+    return [r for _, r, *_ in records if isinstance(r, DeadLetter)]
 
 
 def has_summaries(*call_ids: str) -> Callable[[list[tuple[str, Any]]], bool]:
     def done(records: list[tuple[str, Any]]) -> bool:
-        seen = {r.call_id for _, r in records if isinstance(r, CallSummary)}
+        seen = {r.call_id for _, r, *_ in records if isinstance(r, CallSummary)}
         return all(c in seen for c in call_ids)
     return done

@@ -10,16 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import faust
 import pytest
-from aiokafka import AIOKafkaConsumer
 from audiogen import espeak_wav, have_tools
 from kafka_broker import make_kafka_fixture
-from pipeline_helpers import pipeline_settings
+from pipeline_helpers import has_summaries, pipeline_settings, read_results
 
-from callscribe.pipeline.codec import AudioOptions, CallSummary, TranscriptEvent, decode
+from callscribe.pipeline.codec import AudioOptions, TranscriptEvent
 
 
 def test_otlp_export_reaches_the_collector(tmp_path):
@@ -124,8 +122,9 @@ def test_one_trace_from_produced_chunk_to_transcript_record(trace_broker, span_e
             await asyncio.wait_for(assigned.wait(), 60)
             await produce_file(wav, call_id, ["agent"], settings=settings,
                                options=AudioOptions(language_hints=("en",)))
-            return await _read_with_headers(trace_broker.bootstrap,
-                                            settings.kafka_topic_transcripts, call_id)
+            return await read_results(trace_broker.bootstrap,
+                                      [settings.kafka_topic_transcripts],
+                                      has_summaries(call_id), 120, headers=True)
         finally:
             await fw.stop()
             await asyncio.wait_for(running, 60)
@@ -137,7 +136,7 @@ def test_one_trace_from_produced_chunk_to_transcript_record(trace_broker, span_e
     finally:
         loop.close()
 
-    finals = [(r, h) for r, h in records if isinstance(r, TranscriptEvent) and r.final
+    finals = [(r, h) for _, r, h in records if isinstance(r, TranscriptEvent) and r.final
               and r.text]
     assert finals, f"no final transcript for {call_id}: {records}"
     spans = span_exporter.get_finished_spans()
@@ -210,20 +209,3 @@ def test_stream_decodes_are_children_of_the_task_span(span_exporter, runtime, tm
     assert any(s.name == "decode.final" for s in decodes), [s.name for s in spans]
     assert all(s.parent is not None and s.parent.span_id == task.context.span_id
                for s in decodes)
-
-
-async def _read_with_headers(bootstrap: str, topic: str, call_id: str, timeout: float = 120):
-    """(record, headers) of ``topic`` from the start until the call's summary."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out = []
-    try:
-        end = time.monotonic() + timeout
-        while not any(isinstance(r, CallSummary) and r.call_id == call_id for r, _ in out):
-            assert time.monotonic() < end, f"no summary within {timeout} s: {out}"
-            for recs in (await consumer.getmany(timeout_ms=300)).values():
-                out.extend((decode(r.value), list(r.headers or ())) for r in recs)
-    finally:
-        await consumer.stop()
-    return out
