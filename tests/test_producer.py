@@ -24,6 +24,7 @@ from callscribe.pipeline.codec import AudioChunk, AudioOptions, HotwordOption, d
 from callscribe.pipeline.producer import AudioProducer, BrokerUnavailable, produce_file
 from callscribe.pipeline.topics import client_kwargs, ensure_topics, topic_specs
 from callscribe.settings import load_settings
+from callscribe.tracing import TRACE_HEADERS
 
 # its own broker: the last test stops and restarts it
 kafka_broker = make_kafka_fixture(scope="module")
@@ -131,7 +132,10 @@ async def test_stereo_call_round_trip(kafka_broker: KafkaBroker, stereo_call) ->
     assert len(records) == 2 * n
     check_call(records, call_id, ("agent", "customer"), pcm, 16000, options)
     assert {p for _, p, _, _ in records} == {report.partition}
-    assert records[0][3] == {"record-type": b"audio_chunk", "schema-version": b"1"}
+    # the schema headers; plus W3C trace context when a tracer provider is set in this process
+    # (test_tracing.py sets one; without a provider nothing is injected)
+    schema = {k: v for k, v in records[0][3].items() if k not in TRACE_HEADERS}
+    assert schema == {"record-type": b"audio_chunk", "schema-version": b"1"}
     # the two channels advance together, as in a live call
     assert [c.channel for _, _, c, _ in records[:4]] == [0, 1, 0, 1]
 

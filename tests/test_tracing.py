@@ -175,7 +175,6 @@ def test_stream_decodes_are_children_of_the_task_span(span_exporter, runtime, tm
 
     from callscribe.audio import decode_bytes
     from callscribe.recognition.runtime import StreamOptions
-    from callscribe.tracing import span_context
 
     if not have_tools("espeak-ng"):
         pytest.fail("espeak-ng is required (scripts/test.sh installs it)")
@@ -188,7 +187,7 @@ def test_stream_decodes_are_children_of_the_task_span(span_exporter, runtime, tm
         task = trace.get_tracer("test").start_span("run-task")
         stream = runtime.open_stream(StreamOptions(format="pcm", sample_rate=16000,
                                                    language_hints=("en",)))
-        stream.trace_context = span_context(task)
+        stream.trace_context = trace.set_span_in_context(task)
         for i in range(0, len(data), 3200):
             await stream.put(data[i:i + 3200])
         await stream.finish()

@@ -71,18 +71,15 @@ def _table(rows: list[dict]) -> str:
 
 
 def _whole_file_wer(load: Any, settings: Settings) -> float:
-    """Computed before the run, in this process (the model is loaded and dropped here)."""
-    from callscribe.asr.models import resolve_model_dir
-    from callscribe.asr.whisper import WhisperEngine
+    """Computed before the run, in this process (the model is loaded and closed here)."""
     from callscribe.benchmark.workload import whole_file_wer
+    from callscribe.recognition.runtime import Runtime
 
-    engine = WhisperEngine(resolve_model_dir(settings.model_dir, settings.cache_dir),
-                           compute_type=settings.compute_type,
-                           cpu_threads=settings.cpu_threads, num_workers=1)
+    runtime = Runtime.create(settings)
     try:
-        return whole_file_wer(load, engine)
+        return whole_file_wer(load, runtime.engine)
     finally:
-        del engine
+        runtime.close()
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:

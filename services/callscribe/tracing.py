@@ -24,10 +24,6 @@ T = TypeVar("T")
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
-def tracer(name: str = "callscribe") -> trace.Tracer:
-    return trace.get_tracer(name)
-
-
 def trace_headers(ctx: Context | None = None) -> list[tuple[str, bytes]]:
     """The propagation headers for ``ctx`` (default: the current context), as Kafka headers;
     empty when there is no valid span in it."""
@@ -62,11 +58,6 @@ def context_from_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] 
     if not trace.get_current_span(ctx).get_span_context().is_valid:
         return None
     return ctx
-
-
-def span_context(span: trace.Span | None) -> Context | None:
-    """A context whose current span is ``span`` (None for no span)."""
-    return None if span is None else trace.set_span_in_context(span)
 
 
 def run_in_context(ctx: Context | None, fn: Callable[..., T], *args: Any) -> T:

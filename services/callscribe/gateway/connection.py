@@ -28,7 +28,6 @@ from callscribe.protocols.common import (AbortRecognition, AudioData, Close, Com
                                          FinishInput, Machine, SendFrame, StartRecognition,
                                          TaskReport)
 from callscribe.recognition.vocabulary import VocabularyNotFound
-from callscribe.tracing import span_context
 
 if TYPE_CHECKING:
     from callscribe.gateway.server import Gateway
@@ -180,7 +179,7 @@ class Connection:
         self.stream, self.stream_tid = stream, tid
         span = self._spans[tid] = trace.get_tracer("callscribe").start_span(
             self.proto.name, attributes={"task_id": tid, "model": o.model, "format": o.format})
-        stream.trace_context = span_context(span)
+        stream.trace_context = trace.set_span_in_context(span)
         self.pump = asyncio.create_task(self._pump(tid, stream))
         self.proto.recognition_started(tid)
 

@@ -43,7 +43,7 @@ from callscribe.pipeline.codec import (Codec, DeadLetter, TranscriptError, Trans
                                        transcript_from_partial)
 from callscribe.pipeline.flow import InflightBudget, WorkerMetrics
 from callscribe.recognition.events import FinalSentence, Partial
-from callscribe.tracing import run_in_context, trace_headers, tracer
+from callscribe.tracing import run_in_context, trace_headers
 
 log = structlog.get_logger("callscribe.worker")
 
@@ -209,7 +209,7 @@ class ChannelProcessor:
         if event.emotion is not None:
             rec.polarity[event.emotion.polarity] = rec.polarity.get(event.emotion.polarity,
                                                                     0) + 1
-        with tracer("callscribe.worker").start_as_current_span(
+        with trace.get_tracer("callscribe.worker").start_as_current_span(
                 "transcript.publish", context=st.trace_context, kind=trace.SpanKind.PRODUCER,
                 attributes={"call_id": st.call_id, "channel": st.channel,
                             "sentence_id": event.sentence_id,

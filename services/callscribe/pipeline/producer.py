@@ -48,7 +48,7 @@ from callscribe.pipeline.topics import (
     raise_if_refused,
 )
 from callscribe.settings import Settings
-from callscribe.tracing import span_context, tracer, with_trace_headers
+from callscribe.tracing import with_trace_headers
 
 __all__ = ["AudioProducer", "BrokerUnavailable", "ProduceReport", "default_roles", "produce_file"]
 
@@ -404,43 +404,40 @@ async def produce_file(path: str | Path, call_id: str,
         await prod.start()
     bytes0 = prod.bytes_sent
     seq, audio_ms, info = 0, [0] * len(roles), {}
-    # one span for the call; every chunk's headers carry it to the worker
-    span = tracer("callscribe.producer").start_span(
-        "produce call", kind=trace.SpanKind.PRODUCER,
-        attributes={"call_id": call_id, "file": path.name, "messaging.system": "kafka",
-                    "messaging.destination.name": prod.topic})
-    ctx = span_context(span)
-    try:
-        loop = asyncio.get_running_loop()
-        pace0 = loop.time()
-        for piece in _pcm_pieces(path, fmt, raw_rate, raw_channels, target, step, info):
-            if seq == 0:
-                set_roles(piece.shape[0])
+    # one span for the call, current while it is sent: every chunk's headers carry it to the
+    # worker (an exception is recorded on it)
+    with trace.get_tracer("callscribe.producer").start_as_current_span(
+            "produce call", kind=trace.SpanKind.PRODUCER,
+            attributes={"call_id": call_id, "file": path.name, "messaging.system": "kafka",
+                        "messaging.destination.name": prod.topic}) as span:
+        try:
+            loop = asyncio.get_running_loop()
+            pace0 = loop.time()
+            for piece in _pcm_pieces(path, fmt, raw_rate, raw_channels, target, step, info):
+                if seq == 0:
+                    set_roles(piece.shape[0])
+                    audio_ms = [0] * len(roles)
+                if realtime:  # a chunk leaves once its audio has been "spoken"
+                    await asyncio.sleep(max(0.0, pace0 + (seq + 1) * chunk_ms / 1000
+                                            - loop.time()))
+                for ch, role in enumerate(roles):
+                    if role:
+                        await prod.send(chunk(ch, seq, piece[ch].tobytes()))
+                        audio_ms[ch] += piece.shape[1] * 1000 // target
+                seq += 1
+            if seq == 0:  # no audio at all: still end each channel's stream
+                set_roles(info.get("channels") or len(roles) or 1)
                 audio_ms = [0] * len(roles)
-            if realtime:  # a chunk leaves once its audio has been "spoken"
-                await asyncio.sleep(max(0.0, pace0 + (seq + 1) * chunk_ms / 1000 - loop.time()))
             for ch, role in enumerate(roles):
                 if role:
-                    await prod.send(chunk(ch, seq, piece[ch].tobytes()), context=ctx)
-                    audio_ms[ch] += piece.shape[1] * 1000 // target
-            seq += 1
-        if seq == 0:  # no audio at all: still end each channel's stream
-            set_roles(info.get("channels") or len(roles) or 1)
-            audio_ms = [0] * len(roles)
-        for ch, role in enumerate(roles):
-            if role:
-                await prod.send(chunk(ch, seq, b"", eos=True), context=ctx)
-        await prod.flush()
-        partition = await prod.partition_for(call_id)
-    except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-        span.end()
-        if own:
-            await prod.stop(abort=True)
-        raise
-    span.set_attribute("chunks", seq + 1)
-    span.end()
+                    await prod.send(chunk(ch, seq, b"", eos=True))
+            await prod.flush()
+            partition = await prod.partition_for(call_id)
+        except BaseException:
+            if own:
+                await prod.stop(abort=True)
+            raise
+        span.set_attribute("chunks", seq + 1)
     if own:
         await prod.stop()
     report = ProduceReport(
