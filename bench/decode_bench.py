@@ -24,7 +24,7 @@ from callscribe.asr.engine import DecodeRequest  # noqa: E402
 from callscribe.audio import decode_bytes  # noqa: E402
 from callscribe.recognition.runtime import Runtime, StreamOptions  # noqa: E402
 from callscribe.settings import load_settings  # noqa: E402
-from callscribe.transcribe import transcribe_file  # noqa: E402
+from callscribe.transcribe import transcribe_live  # noqa: E402
 
 FILES = ["en_jfk_16k.wav", "en_librispeech_1995-1837-0001.wav", "en_ps_librivox_0870.wav",
          "en_ps_librivox_0880.wav", "en_ps_librivox_0890.wav", "en_ldc93s1_16k.wav",
@@ -89,7 +89,7 @@ def main() -> None:
 
     def session(name, audio):
         path = audio_dir / name
-        return " ".join(s.text for _, s in transcribe_file(rt, path, StreamOptions(partials=True)))
+        return " ".join(s.text for _, s in transcribe_live(rt, path, StreamOptions(partials=True)))
     measure("streaming session (VAD + partials + finals)", items, session, rows)
 
     print(f"{'strategy':48s} {'RTF':>6s} {'CPU s/s':>8s} {'WER en':>7s} {'CER zh':>7s}")

@@ -7,7 +7,7 @@ import pytest
 
 from callscribe.recognition.runtime import StreamOptions
 from callscribe.recognition.vocabulary import Hotword
-from callscribe.transcribe import transcribe_file
+from callscribe.transcribe import transcribe_live
 from callscribe.benchmark.metrics import error_rate, normalize_en
 
 ENGLISH = ["en_jfk_16k.wav", "en_librispeech_1995-1837-0001.wav", "en_ps_librivox_0870.wav",
@@ -25,7 +25,7 @@ CASES = [
 
 def text_of(runtime, path, hotwords=()) -> str:
     opts = StreamOptions(partials=False, hotwords=tuple(hotwords), sample_rate=16000)
-    return " ".join(s.text for _, s in transcribe_file(runtime, path, opts))
+    return " ".join(s.text for _, s in transcribe_live(runtime, path, opts))
 
 
 @pytest.mark.parametrize("name,lang,vocab,expected", CASES, ids=[c[0] for c in CASES])
@@ -51,7 +51,7 @@ def test_unrelated_vocabulary_leaves_english_wer_unchanged(runtime, shared_audio
 
 
 def test_language_switch_is_labelled(runtime, shared_audio):
-    results = transcribe_file(runtime, shared_audio / "en_de_multilingual.mp3",
+    results = transcribe_live(runtime, shared_audio / "en_de_multilingual.mp3",
                               StreamOptions(partials=False))
     langs = [s.language for _, s in results]
     assert langs[0] == "en" and langs[-1] == "de", langs
@@ -64,13 +64,13 @@ def test_language_switch_is_labelled(runtime, shared_audio):
 
 
 def test_language_hints_restrict_detection(runtime, shared_audio):
-    results = transcribe_file(runtime, shared_audio / "en_de_multilingual.mp3",
+    results = transcribe_live(runtime, shared_audio / "en_de_multilingual.mp3",
                               StreamOptions(partials=False, language_hints=("en",)))
     assert {s.language for _, s in results} == {"en"}
 
 
 def test_emotion_on_every_final(runtime, shared_audio):
-    results = transcribe_file(runtime, shared_audio / "en_jfk_16k.wav", StreamOptions(partials=False))
+    results = transcribe_live(runtime, shared_audio / "en_jfk_16k.wav", StreamOptions(partials=False))
     for _, s in results:
         e = s.emotion
         assert e is not None and e.polarity in {"positive", "negative", "neutral"}

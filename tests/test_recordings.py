@@ -6,7 +6,7 @@ import pytest
 
 import audiogen
 from callscribe.recognition.runtime import StreamOptions
-from callscribe.transcribe import transcribe_file
+from callscribe.transcribe import transcribe_live
 from callscribe.benchmark.metrics import error_rate, normalize_en
 
 ENGLISH = ["en_jfk_16k.wav", "en_librispeech_1995-1837-0001.wav", "en_ps_librivox_0870.wav",
@@ -17,7 +17,7 @@ MANDARIN = ["zh_aishell_BAC009S0724W0121.wav", "zh_funasr_sample.wav"]
 
 def text_of(runtime, path, **kw) -> str:
     opts = StreamOptions(partials=False, **kw)
-    return " ".join(s.text for _, s in transcribe_file(runtime, path, opts))
+    return " ".join(s.text for _, s in transcribe_live(runtime, path, opts))
 
 
 def test_english_wer(runtime, shared_audio, manifest):
@@ -37,7 +37,7 @@ def test_mandarin_is_simplified_and_punctuated(runtime, shared_audio):
     import zhconv
 
     for f in MANDARIN:
-        results = transcribe_file(runtime, shared_audio / f, StreamOptions(partials=False))
+        results = transcribe_live(runtime, shared_audio / f, StreamOptions(partials=False))
         assert results and all(s.language == "zh" for _, s in results)
         for _, s in results:
             assert s.text == zhconv.convert(s.text, "zh-cn")
@@ -52,7 +52,7 @@ def test_telephone_rate(runtime, shared_audio, manifest):
     assert error_rate([(ref, text)], "en") <= 0.45, text
     assert "dark suit" in text.lower() and "greasy" in text.lower()
     # partials on: a partial's language guess on the first second must not steer the final
-    with_partials = " ".join(s.text for _, s in transcribe_file(
+    with_partials = " ".join(s.text for _, s in transcribe_live(
         runtime, shared_audio / "en_ldc93s1_8k.wav", StreamOptions(partials=True)))
     assert with_partials == text
 
@@ -60,7 +60,7 @@ def test_telephone_rate(runtime, shared_audio, manifest):
 def test_stereo_channels_are_separate(runtime, shared_audio, manifest):
     left, right = (part.split(":", 1)[1] for part in
                    manifest["en_stereo_diarization.wav"]["transcript"].split("|"))
-    results = transcribe_file(runtime, shared_audio / "en_stereo_diarization.wav",
+    results = transcribe_live(runtime, shared_audio / "en_stereo_diarization.wav",
                               StreamOptions(partials=False))
     by_channel = {ch: " ".join(s.text for c, s in results if c == ch) for ch in (0, 1)}
     assert error_rate([(left, by_channel[0])], "en") <= 0.25, by_channel
@@ -101,7 +101,7 @@ def test_no_text_inside_labelled_non_speech(runtime, shared_audio):
     for i in range(1, 11):
         name = f"vad_tenvad_{i:02d}"
         gaps = _nonspeech_intervals((shared_audio / f"{name}.scv").read_text())
-        results = transcribe_file(runtime, shared_audio / f"{name}.wav", StreamOptions(partials=False))
+        results = transcribe_live(runtime, shared_audio / f"{name}.wav", StreamOptions(partials=False))
         for _, s in results:
             for w in s.words:
                 b, e = w.begin_time / 1000, w.end_time / 1000

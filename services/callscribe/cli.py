@@ -48,7 +48,7 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
     runtime = Runtime.create(settings)
     try:
         for text in iter_outputs(runtime, files, opts, args.format, args.audio_format,
-                                 _progress_factory(not args.no_progress)):
+                                 _progress_factory(not args.no_progress), live=args.live):
             print(text, flush=True)
     finally:
         runtime.close()
@@ -81,8 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="callscribe", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("transcribe", help="transcribe audio files with the streaming recognizer")
+    t = sub.add_parser("transcribe", help="transcribe audio files (whole-file accuracy)")
     t.add_argument("files", nargs="+", metavar="FILE")
+    t.add_argument("--live", action="store_true",
+                   help="exactly what the live service would send for this audio (streaming "
+                        "sessions in 100 ms steps) instead of whole-file decoding")
     t.add_argument("--format", choices=["json", "srt", "vtt", "text"], default="text")
     t.add_argument("--language", help="language hint(s), comma separated (e.g. en or zh,en)")
     t.add_argument("--sample-rate", type=int, default=None,
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--audio-format", default=None,
                    help="input format when it cannot be sniffed (pcm, mulaw, alaw, ...)")
     t.add_argument("--max-sentence-silence", type=int, default=None, metavar="MS",
-                   help="silence that ends a sentence, 200..6000 ms")
+                   help="with --live: silence that ends a sentence, 200..6000 ms")
     t.add_argument("--hotword", action="append", metavar="TEXT[:WEIGHT]",
                    help="bias recognition toward TEXT (weight 1..5, default 4); repeatable")
     t.add_argument("--vocabulary", metavar="FILE",

@@ -3,6 +3,7 @@
     callscribe bench load --mode standalone --clients 4
     callscribe bench capacity --mode standalone --max 12
     callscribe bench soak --mode standalone --clients 4 --minutes 10
+    callscribe bench accuracy          # live vs whole-file WER/CER on the shared recordings
 
 Results go to ``bench/results/<time>/`` (not committed): ``result.json`` and PNG plots.
 """
@@ -46,6 +47,14 @@ def add_bench_parser(subparsers: Any) -> None:
             b.add_argument("--clients", type=int, default=4)
             b.add_argument("--minutes", type=float, default=10)
         b.set_defaults(func=run_bench)
+    a = sub.add_parser("accuracy", help="live vs whole-file error rates on the shared recordings")
+    a.add_argument("--audio", default=os.environ.get("CALLSCRIBE_TEST_AUDIO", "../shared/audio"),
+                   help="folder with MANIFEST.tsv and the real recordings")
+    a.add_argument("--out", default="bench/results", help="results folder")
+    a.add_argument("--max-sentence-silence", type=int, default=500, metavar="MS")
+    a.add_argument("--alignments", type=int, default=8,
+                   help="offsets (37 ms apart) at which the benchmark call is streamed")
+    a.set_defaults(func=run_accuracy)
 
 
 def _machine() -> dict:
@@ -72,14 +81,36 @@ def _table(rows: list[dict]) -> str:
 
 def _whole_file_wer(load: Any, settings: Settings) -> float:
     """Computed before the run, in this process (the model is loaded and closed here)."""
-    from callscribe.benchmark.workload import whole_file_wer
+    from callscribe.benchmark.accuracy import whole_file_wer
     from callscribe.recognition.runtime import Runtime
 
     runtime = Runtime.create(settings)
     try:
-        return whole_file_wer(load, runtime.engine)
+        return whole_file_wer(runtime, load)
     finally:
         runtime.close()
+
+
+def run_accuracy(args: argparse.Namespace, settings: Settings) -> int:
+    from callscribe.benchmark import accuracy
+    from callscribe.benchmark.runner import results_dir
+    from callscribe.recognition.runtime import Runtime
+
+    audio = Path(args.audio)
+    runtime = Runtime.create(settings)
+    try:
+        doc = {"command": "accuracy", "machine": _machine(),
+               "final_beam_size": settings.final_beam_size,
+               "final_context_ms": settings.final_context_ms,
+               "recordings": accuracy.recordings(runtime, audio, args.max_sentence_silence),
+               "call": accuracy.call(runtime, audio, args.max_sentence_silence, args.alignments)}
+    finally:
+        runtime.close()
+    out = results_dir(Path(args.out))
+    (out / "result.json").write_text(json.dumps(doc, indent=2))
+    print(accuracy.table(doc))
+    print(f"\nresults: {out}")
+    return 0
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:

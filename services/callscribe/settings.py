@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     #: Audio (ms) a session may hold unprocessed before it refuses more (backpressure).
     max_buffered_audio_ms: int = Field(default=60000, ge=1000, le=600000)
+    #: Beam width of final decodes (1 = greedy).  Partials are always greedy.
+    final_beam_size: int = Field(default=5, ge=1, le=10)
+    #: Left context of a final decode: up to this much of the previous sentence's audio is
+    #: decoded in front of the sentence, its text forced as the decoder prefix (0 disables).
+    final_context_ms: int = Field(default=3000, ge=0, le=10000)
     #: Inverse text normalisation (numbers as digits) by default.
     itn_enabled: bool = True
     #: Emotion estimator for final sentences (``text+prosody``: text sentiment + prosody).

@@ -1,8 +1,13 @@
-"""File transcription on the same streaming session the service uses.
+"""File transcription: whole-file by default, or exactly as the live service would.
 
-The file is read in 64 KiB chunks through the streaming decoder; each channel gets its own
-``RecognitionSession`` (channels are never mixed) fed in 100 ms steps, exactly as a live
-stream would be.
+* ``transcribe_file`` (whole file, the default of ``callscribe transcribe``): each channel is
+  decoded at once with full context, as Whisper is meant to be used on a recording: VAD skips
+  silence, beam search, each window conditioned on the previous text, word timestamps.  The
+  words are then grouped into sentences at sentence-final punctuation and get the same
+  post-processing as live finals (hotword correction, ITN, emotion, language).
+* ``transcribe_live`` (``--live``): the file is read in 64 KiB chunks through the streaming
+  decoder; each channel gets its own ``RecognitionSession`` (channels are never mixed) fed in
+  100 ms steps, exactly as a live stream would be: the finals the service would have sent.
 """
 
 from __future__ import annotations
@@ -14,10 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from callscribe.asr.engine import RawWord
 from callscribe.audio import open_decoder, sniff_format
 from callscribe.errors import UnsupportedFormat
 from callscribe.recognition.events import FinalSentence
+from callscribe.recognition.postprocess import make_final_hook
 from callscribe.recognition.runtime import Runtime, StreamOptions
+from callscribe.recognition.words import close_sentence, to_words, words_text
 
 _EXT = {".wav": "wav", ".mp3": "mp3", ".opus": "opus", ".ogg": None, ".spx": "speex",
         ".aac": "aac", ".m4a": "m4a", ".mp4": "m4a", ".amr": "amr", ".flac": "flac",
@@ -38,17 +46,102 @@ def guess_format(path: Path, head: bytes) -> str:
                             "(pcm, wav, mp3, opus, speex, aac, m4a, amr, flac, mulaw, alaw)")
 
 
-def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
-                    audio_format: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
-    """Return ``(channel, sentence)`` pairs in time order."""
+def _open(runtime: Runtime, path: Path, opts: StreamOptions, audio_format: str | None):
     with open(path, "rb") as f:
         head = f.read(4096)
     fmt = audio_format or guess_format(path, head)
     rate = opts.sample_rate if fmt in _RAW else None
     if fmt in _RAW and rate is None:
         rate = 16000
-    decoder = open_decoder(fmt, rate, target_rate=runtime.engine.sample_rate)
+    return open_decoder(fmt, rate, target_rate=runtime.engine.sample_rate)
+
+
+def _read_all(path: Path, decoder, progress: Callable[[int], None] | None) -> np.ndarray:
+    parts = []
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            parts.append(decoder.feed(block))
+            if progress:
+                progress(len(block))
+    parts.append(decoder.finish())
+    parts = [p if p.ndim == 2 else p[None] for p in parts if p.size]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((1, 0), np.float32)
+
+
+_SENTENCE_END = tuple(".?!。？！")
+#: a period after these ends no sentence
+_ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "prof.", "vs.",
+                            "etc.", "e.g.", "i.e.", "no.", "mt.", "u.s.", "inc.", "ltd."})
+
+
+def _sentences(words: list[RawWord]) -> list[list[RawWord]]:
+    """Words grouped into sentences at sentence-final punctuation."""
+    out: list[list[RawWord]] = [[]]
+    for w in words:
+        out[-1].append(w)
+        t = w.text.strip()
+        if t.endswith(_SENTENCE_END) and t.lower() not in _ABBREVIATIONS:
+            out.append([])
+    return [s for s in out if s]
+
+
+def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
+                    audio_format: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
+    """Whole-file transcription: ``(channel, sentence)`` pairs in time order."""
+    pcm = _read_all(path, _open(runtime, path, opts, audio_format), progress)
+    engine = runtime.engine
+    hook = make_final_hook(opts, runtime.settings, runtime.emotion)
+    hints = [h for h in opts.language_hints if h and engine.supported_language(h)]
+    fixed = hints[0] if len(hints) == 1 else None
+    rate = engine.sample_rate
+    out: list[tuple[int, FinalSentence]] = []
+    for ch, audio in enumerate(pcm):
+        segments, info = engine.whisper.transcribe(
+            audio, language=fixed, multilingual=fixed is None,
+            beam_size=runtime.settings.final_beam_size, vad_filter=True, word_timestamps=True,
+            condition_on_previous_text=True, initial_prompt=opts.context or None,
+            hotwords=" ".join(h.text for h in opts.hotwords) or None)
+        words = [RawWord(w.start, w.end, w.word, w.probability)
+                 for seg in segments for w in (seg.words or ())]
+        for sid, sent in enumerate(_sentences(words), 1):
+            begin_ms, end_ms = int(sent[0].start * 1000), int(sent[-1].end * 1000)
+            clip = audio[begin_ms * rate // 1000: end_ms * rate // 1000]
+            language = fixed or _detect(engine, clip, hints) or info.language
+            rel = [RawWord(w.start - sent[0].start, w.end - sent[0].start,
+                           _script(w.text, language), w.probability) for w in sent]
+            ws = close_sentence(to_words(rel, begin_ms, end_ms, language), language)
+            if not ws:
+                continue
+            final = FinalSentence(sid, begin_ms, end_ms, words_text(ws, language), tuple(ws),
+                                  language)
+            out.append((ch, hook(final, clip)))
+    out.sort(key=lambda p: (p[1].begin_time, p[0]))
+    return out
+
+
+def _script(text: str, language: str | None) -> str:
+    if language == "zh":
+        import zhconv
+        return zhconv.convert(text, "zh-cn")
+    return text
+
+
+def _detect(engine, clip: np.ndarray, hints: list[str]) -> str | None:
+    """The language of one sentence (files can switch language), within ``hints``."""
+    if len(clip) < engine.sample_rate // 2:
+        return None
+    _, _, probs = engine.whisper.detect_language(clip)
+    allowed = [(code, p) for code, p in probs if not hints or code in hints]
+    return allowed[0][0] if allowed else None
+
+
+def transcribe_live(runtime: Runtime, path: Path, opts: StreamOptions, *,
+                    audio_format: str | None = None,
+                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
+    """The finals the live service would send for this audio: ``(channel, sentence)`` pairs
+    in time order."""
+    decoder = _open(runtime, path, opts, audio_format)
     sessions: list = []
     out: list[tuple[int, FinalSentence]] = []
 
@@ -116,10 +209,11 @@ def render(results: list[tuple[int, FinalSentence]], fmt: str, *, file: str | No
 
 
 def iter_outputs(runtime: Runtime, files: list[Path], opts: StreamOptions, fmt: str,
-                 audio_format: str | None, progress_factory) -> Iterator[str]:
+                 audio_format: str | None, progress_factory, live: bool = False) -> Iterator[str]:
+    run = transcribe_live if live else transcribe_file
     for path in files:
         size = path.stat().st_size
         with progress_factory(path, size) as bar:
-            results = transcribe_file(runtime, path, opts, audio_format=audio_format,
-                                      progress=bar.update if bar else None)
+            results = run(runtime, path, opts, audio_format=audio_format,
+                          progress=bar.update if bar else None)
         yield render(results, fmt, file=str(path) if len(files) > 1 else None)

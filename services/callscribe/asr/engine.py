@@ -35,6 +35,13 @@ class DecodeRequest:
     #: keeps the biased text only when it contains more of ``bias_terms``
     bias_prompt: str | None = None
     bias_terms: tuple[str, ...] = ()
+    #: left context for a final: the end of the previous sentence's audio (placed before
+    #: ``audio`` in the same window) and the text the model decoded for exactly that audio
+    #: (forced as the decoder's prefix, so only the new sentence's text comes out); used only
+    #: when this sentence is in ``context_language``
+    context_audio: np.ndarray | None = None
+    context_text: str | None = None
+    context_language: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

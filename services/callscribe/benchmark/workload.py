@@ -58,18 +58,3 @@ def build_workload(audio_dir: Path, gap_s: float = 1.5) -> Workload:
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     return Workload(pcm=pcm, reference=" ".join(refs), duration_s=len(audio) / RATE,
                     utterances=tuple(utts))
-
-
-def whole_file_wer(load: Workload, engine) -> float:
-    """WER of the same model decoding each recording of the workload whole, at once (no VAD,
-    no streaming, no partials): the baseline the streaming finals are held to."""
-    from callscribe.asr.engine import DecodeRequest
-    from callscribe.benchmark.metrics import error_rate
-
-    pairs = []
-    for ref, audio in load.utterances:
-        # the engine's own limit is one 30 s window; longer recordings go in 30 s pieces
-        hyp = " ".join(engine.decode(DecodeRequest(audio=audio[i:i + 30 * RATE])).text
-                       for i in range(0, len(audio), 30 * RATE))
-        pairs.append((ref, hyp))
-    return error_rate(pairs, "en")

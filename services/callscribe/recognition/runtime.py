@@ -23,7 +23,7 @@ import structlog
 
 from callscribe.asr.models import resolve_model_dir
 from callscribe.asr.vad import SileroVad
-from callscribe.asr.whisper import WhisperEngine
+from callscribe.asr.whisper import DecodePolicy, WhisperEngine
 from callscribe.audio import open_decoder, select_channel
 from callscribe.errors import CallscribeError, Overloaded, SessionError
 from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
@@ -81,7 +81,8 @@ class Runtime:
         model_dir = resolve_model_dir(settings.model_dir, settings.cache_dir)
         engine = WhisperEngine(model_dir, compute_type=settings.compute_type,
                                cpu_threads=settings.cpu_threads,
-                               num_workers=settings.decode_workers)
+                               num_workers=settings.decode_workers,
+                               policy=DecodePolicy(final_beam_size=settings.final_beam_size))
         omp = os.environ.get("OMP_NUM_THREADS", "")
         if omp.isdigit() and int(omp) < settings.cpu_threads:
             log.warning("OMP_NUM_THREADS is below CALLSCRIBE_CPU_THREADS: each decode uses "
@@ -101,6 +102,7 @@ class Runtime:
             vad_threshold=s.vad_threshold if opts.vad_threshold is None else opts.vad_threshold,
             endpointing=opts.endpointing,
             max_buffered_audio_ms=s.max_buffered_audio_ms,
+            context_ms=s.final_context_ms,
             prompt=opts.context.strip()[:400] if opts.context else None,
             bias_prompt=hotword_prompt(opts.hotwords, opts.language_hints),
             bias_terms=tuple(h.text for h in opts.hotwords),

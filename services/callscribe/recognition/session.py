@@ -54,6 +54,9 @@ class SessionOptions:
     min_speech_ms: int = 160
     speech_pad_ms: int = 200
     max_buffered_audio_ms: int = 60000
+    #: left context of final decodes: up to this much (ms) of the previous sentence's audio,
+    #: with its text, goes in front of the sentence (0: none)
+    context_ms: int = 3000
     #: decoder prompt applied to every decode (free context text)
     prompt: str | None = None
     #: hotword prompt and terms: finals are decoded with and without it (see DecodeRequest)
@@ -82,6 +85,15 @@ class _Commit:
 
 #: hook applied to every final sentence in the worker thread: (sentence, sentence audio) -> sentence
 FinalHook = Callable[[FinalSentence, np.ndarray], FinalSentence]
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """The end of the last final sentence: its audio and the text decoded for that audio."""
+
+    audio: np.ndarray
+    text: str
+    language: str | None
 
 
 @dataclass
@@ -124,6 +136,7 @@ class RecognitionSession:
         self._silence_run_ms = 0
         self._floor = 0  # sample index of the last commit: sentences start at or after it
         self._prev_text: str | None = None
+        self._context: _Context | None = None
         #: the language of the stream so far (confident finals): unsure detections yield to it
         self._language_prior: str | None = None
         self.decodes = {"partial": 0, "final": 0}
@@ -373,19 +386,37 @@ class RecognitionSession:
                     final = self.final_hook(final, audio)
                 events.append(final)
                 self._prev_text = result.text.strip()[-200:]
+                self._context = self._next_context(audio, result)
                 if result.language_probability >= CONFIDENT_LANGUAGE_P:
                     self._language_prior = result.language
                 self._next_id += 1
         if stopped:
             events.append(SpeechStopped(s.sentence_id, end_ms))
 
+    def _next_context(self, audio: np.ndarray, result: DecodeResult) -> _Context | None:
+        """The last ``context_ms`` of a final's audio, cut at a word start, with the words'
+        text as the model wrote it (so the next decode can take it as its prefix)."""
+        ms = self.options.context_ms
+        if ms <= 0 or not result.words:
+            return None
+        cut = max(0.0, len(audio) / SAMPLE_RATE - ms / 1000)
+        first = next((i for i, w in enumerate(result.words) if w.start >= cut), None)
+        if first is None:
+            return None
+        start = max(0, int((result.words[first].start - 0.1) * SAMPLE_RATE))
+        text = "".join(w.text for w in result.words[first:]).strip()
+        return _Context(audio[start:].copy(), text, result.language) if text else None
+
     def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None,
                 previous: str | None = None) -> DecodeResult:
+        ctx = None if partial else self._context
         request = DecodeRequest(
             audio=audio, partial=partial, language_hints=self.options.language_hints,
             language=language, language_prior=self._language_prior,
             prompt=self.options.prompt, previous_text=previous,
-            bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms)
+            bias_prompt=self.options.bias_prompt, bias_terms=self.options.bias_terms,
+            context_audio=ctx.audio if ctx else None, context_text=ctx.text if ctx else None,
+            context_language=ctx.language if ctx else None)
         if self.telemetry is None:
             return self.engine.decode(request)
         kind = "partial" if partial else "final"
