@@ -30,8 +30,9 @@ from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE
                                          CommitInput, FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
-from callscribe.protocols.qwen_session import (MODEL, MODEL_RE, Config, RequestError,
-                                               parse_session, vad_probability)
+from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config, RequestError,
+                                               model_problem, parse_session, vad_probability)
+from callscribe.protocols.qwen_text import grow
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
@@ -59,6 +60,8 @@ class _Item:
     texts: list[str] = field(default_factory=list)
     language: str | None = None
     emotion: str = "neutral"
+    #: ``text`` of the item's last ``.text`` event: later ones only extend it (qwen_text.grow)
+    shown: str = ""
     longest: int = -1
     implicit: bool = False  # committed by session.finish: dropped when nothing was said
 
@@ -97,6 +100,7 @@ class QwenRealtimeProtocol:
         self._commit_ms = 0
         self._append_eid: str | None = None
         self._items = 0
+        self._heard: str | None = None  # the language of the session's last final
         self._last_event_at = clock()
         self._first_audio_at: float | None = None
         self._first_text_at: float | None = None
@@ -104,9 +108,8 @@ class QwenRealtimeProtocol:
         self._shutdown_at: float | None = None
         self._shutdown_ended = False
         if not MODEL_RE.match(self.model):
-            self._error(SessionError(f"model {model!r} is not supported here; use {MODEL} or a "
-                                     f"dated snapshot ({MODEL}-YYYY-MM-DD)",
-                                     code="ModelNotFound"), param="model", close=CLOSE_POLICY)
+            self._error(SessionError(model_problem(model), code="ModelNotFound"),
+                        param="model", close=CLOSE_POLICY)
             return
         self._send("session.created", session=self._session())
 
@@ -295,8 +298,13 @@ class QwenRealtimeProtocol:
             "id": item.id, "object": "realtime.item", "type": "message", "status": "completed",
             "role": "user", "content": [{"type": "input_audio", "transcript": None}]})
 
+    def _language(self, item: _Item, heard: str | None = None) -> str:
+        """Never null: what was heard, else the session's hint, else the language of the
+        session's last final, else DEFAULT_LANGUAGE."""
+        return heard or item.language or self.config.language or self._heard or DEFAULT_LANGUAGE
+
     def _joined(self, item: _Item, more: str = "") -> str:
-        sep = "" if (item.language or self.config.language) in UNSPACED else " "
+        sep = "" if self._language(item) in UNSPACED else " "
         return sep.join(t for t in (*item.texts, more) if t)
 
     def _complete(self, item: _Item) -> None:
@@ -306,7 +314,7 @@ class QwenRealtimeProtocol:
             self._commit_events(item)
         self._items += 1
         self._send("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                   content_index=0, language=item.language or self.config.language,
+                   content_index=0, language=self._language(item),
                    emotion=item.emotion, transcript=self._joined(item))
 
     def _stop_speech(self, end_ms: int) -> None:
@@ -374,16 +382,18 @@ class QwenRealtimeProtocol:
                 item = self._target()
                 if self._first_text_at is None:
                     self._first_text_at = self._clock()
+                item.shown, stash = grow(item.shown, self._joined(item, event.settled),
+                                         self._joined(item, event.text),
+                                         self._language(item, event.language) in UNSPACED)
                 self._send("conversation.item.input_audio_transcription.text", item_id=item.id,
-                           content_index=0,
-                           language=event.language or item.language or self.config.language,
-                           emotion=item.emotion, text=self._joined(item, event.settled),
-                           stash=event.tail)
+                           content_index=0, language=self._language(item, event.language),
+                           emotion=item.emotion, text=item.shown, stash=stash)
         elif isinstance(event, FinalSentence):
             item = self._target()
             if event.text:
                 item.texts.append(event.text)
                 item.language = item.language or event.language
+                self._heard = event.language or self._heard
                 if event.emotion is not None and len(event.text) > item.longest:
                     item.emotion, item.longest = event.emotion.label, len(event.text)
             if vad:

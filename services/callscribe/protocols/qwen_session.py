@@ -22,6 +22,18 @@ FORMATS = {"pcm": "pcm", "pcm16": "pcm", "opus": "opus"}
 SAMPLE_RATES = (16000, 8000)
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_SILENCE_MS = 800
+#: ``language`` of ``.text`` / ``.completed`` events when nothing was heard yet and the session
+#: has no language hint (e.g. a manual commit of silence): never null
+DEFAULT_LANGUAGE = "en"
+
+
+def model_problem(model: str | None) -> str:
+    """The error text for a missing or unsupported ``?model=`` (never shows a Python None)."""
+    use = f"use {MODEL} or a dated snapshot ({MODEL}-YYYY-MM-DD)"
+    if not model:
+        return (f"the model query parameter is missing: connect to "
+                f"/api-ws/v1/realtime?model={MODEL} ({use})")
+    return f"model {model!r} is not supported here; {use}"
 
 
 def vad_probability(threshold: float, base: float) -> float:

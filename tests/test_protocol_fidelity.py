@@ -1,0 +1,143 @@
+"""Protocol details the vendor's own clients depend on (issue 16), Sans-I/O: feed frames and
+recognition events, assert the exact fields.  The Java SDK suite (tests/java, run by
+test_java_sdk.py) checks the same details end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from callscribe.gateway.auth import ApiKeys
+from callscribe.protocols.common import SendFrame
+
+from test_qwen_realtime_protocol import make, types, error_of, Clock
+
+
+# --- 6: /api-ws/v1/realtime without ?model= -------------------------------------------------
+
+
+@pytest.mark.parametrize("model", [None, ""])
+def test_realtime_without_model_names_the_missing_parameter(model):
+    err = error_of(make(Clock(), model).outputs())
+    assert err["code"] == "ModelNotFound"
+    assert "None" not in err["message"] and "''" not in err["message"]
+    assert "?model=qwen3-asr-flash-realtime" in err["message"]
+
+
+# --- 7: Authorization without "Bearer" ------------------------------------------------------
+
+
+@pytest.mark.parametrize("header,ok", [
+    ("Bearer sk-team-a", True), ("bearer sk-team-a", True), ("sk-team-a", True),
+    ("  sk-team-a  ", True), ("sk-team-b", False), ("Basic sk-team-a", False),
+    ("Bearer", False), ("", False), (None, False)])
+def test_bare_api_key_is_accepted_like_bearer(header, ok):
+    keys = ApiKeys(["sk-team-a"])
+    got = keys.identify(header)
+    assert (got is not None) is ok
+    if ok:
+        assert got == keys.identify("Bearer sk-team-a")
+
+
+# --- 5: Qwen .completed never has "language": null ------------------------------------------
+
+
+def _manual(p):
+    from test_qwen_realtime_protocol import configure, start_audio
+    configure(p, turn_detection=None, input_audio_transcription={})
+    start_audio(p)
+
+
+def _qwen():
+    p = make(Clock())
+    assert types(p.outputs()) == ["session.created"]
+    return p
+
+
+def _frames(p) -> list[dict]:
+    return [json.loads(o.text) for o in p.outputs() if isinstance(o, SendFrame)]
+
+
+def test_completed_of_silence_without_hint_has_a_language():
+    from callscribe.recognition.events import Committed
+    p = _qwen()
+    _manual(p)
+    p.receive_text(json.dumps({"event_id": "e1", "type": "input_audio_buffer.commit"}))
+    p.outputs()
+    p.recognition_event("sess_1", Committed(100))
+    (done,) = [f for f in _frames(p)
+               if f["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert done["language"] == "en" and done["transcript"] == ""
+
+
+def test_completed_of_silence_takes_the_language_heard_last():
+    from callscribe.recognition.events import Committed, FinalSentence
+    p = _qwen()
+    _manual(p)
+    p.receive_text(json.dumps({"event_id": "e1", "type": "input_audio_buffer.commit"}))
+    p.recognition_event("sess_1", FinalSentence(1, 0, 900, "你好。", (), "zh"))
+    p.recognition_event("sess_1", Committed(1000))
+    p.receive_text(json.dumps({"event_id": "e2", "type": "input_audio_buffer.append",
+                               "audio": "AAAA"}))
+    p.receive_text(json.dumps({"event_id": "e3", "type": "input_audio_buffer.commit"}))
+    p.recognition_event("sess_1", Committed(2000))
+    langs = [f["language"] for f in _frames(p)
+             if f["type"] == "conversation.item.input_audio_transcription.completed"]
+    assert langs == ["zh", "zh"]
+
+
+# --- 4: Qwen .text: ``text`` only grows within an item --------------------------------------
+
+
+def test_text_is_never_retracted_within_an_item():
+    from callscribe.recognition.events import FinalSentence, Partial, SpeechStarted
+    from test_qwen_realtime_protocol import configure, start_audio
+    p = _qwen()
+    configure(p)
+    start_audio(p)
+    p.recognition_event("sess_1", SpeechStarted(1, 0))
+    # what the recogniser produced in the issue: the settled "what your " is re-decoded as
+    # "What your ..." and its settled prefix falls back to ""
+    p.recognition_event("sess_1", Partial(1, 0, 800, "ask not ", "what"))
+    p.recognition_event("sess_1", Partial(1, 0, 1600, "ask not what your ", "country"))
+    p.recognition_event("sess_1", Partial(1, 0, 2400, "", "Ask not, What your country can do"))
+    p.recognition_event("sess_1", Partial(1, 0, 3200, "Ask not, What your country ", "can do for"))
+    p.recognition_event("sess_1", FinalSentence(1, 0, 4000, "Ask not what your country can do.",
+                                                (), "en"))
+    fs = _frames(p)
+    texts = [(f["text"], f["stash"]) for f in fs
+             if f["type"] == "conversation.item.input_audio_transcription.text"]
+    assert texts == [("ask not ", "what"),
+                     ("ask not what your ", "country"),
+                     ("ask not what your ", "country can do"),
+                     ("ask not what your country ", "can do for")]
+    for (a, _), (b, _) in zip(texts, texts[1:]):
+        assert b.startswith(a)
+    (done,) = [f for f in fs if f["type"].endswith(".completed")]
+    assert done["transcript"] == "Ask not what your country can do."
+
+
+def test_stash_after_an_earlier_sentence_of_the_item_keeps_the_space():
+    from callscribe.recognition.events import FinalSentence, Partial
+    p = _qwen()
+    _manual(p)
+    p.recognition_event("sess_1", FinalSentence(1, 0, 900, "Hello.", (), "en"))
+    p.recognition_event("sess_1", Partial(2, 1000, 1800, "", "how are"))
+    (f,) = [f for f in _frames(p) if f["type"].endswith(".text")]
+    assert f["text"] + f["stash"] == "Hello. how are"
+    assert f["language"] == "en"
+
+
+@pytest.mark.parametrize("shown,settled,full,unspaced,want", [
+    ("", "", "hi", False, ("", "hi")),
+    ("a b ", "a b c ", "a b c d", False, ("a b c ", "d")),
+    ("a b ", "", "A b c", False, ("a b ", "c")),
+    ("a b ", "A B c ", "A B c d", False, ("a b c ", "d")),
+    ("a b c ", "A ", "A b", False, ("a b c ", "")),
+    ("你好", "", "您好吗", True, ("你好", "吗")),
+    ("你好", "您好吗", "您好吗呀", True, ("你好吗", "呀")),
+])
+def test_grow(shown, settled, full, unspaced, want):
+    from callscribe.protocols.qwen_text import grow
+    assert grow(shown, settled, full, unspaced) == want
