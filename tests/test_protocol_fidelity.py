@@ -141,3 +141,77 @@ def test_stash_after_an_earlier_sentence_of_the_item_keeps_the_space():
 def test_grow(shown, settled, full, unspaced, want):
     from callscribe.protocols.qwen_text import grow
     assert grow(shown, settled, full, unspaced) == want
+
+
+# --- 2 and 8: run-task sentence_begin, emotion fields ---------------------------------------
+
+
+def _run_task(model="fun-asr-realtime", rate=16000, **params):
+    from callscribe.protocols.run_task import RunTaskProtocol
+    from test_run_task_protocol import start
+    p = RunTaskProtocol(clock=Clock(), max_frame_bytes=1 << 20, max_task_seconds=3600)
+    start(p, model=model, sample_rate=rate, **params)
+    return p
+
+
+def _sentences(p) -> list[dict]:
+    return [json.loads(o.text)["payload"]["output"]["sentence"] for o in p.outputs()
+            if isinstance(o, SendFrame)]
+
+
+def test_sentence_begin_on_the_first_result_of_each_sentence():
+    from callscribe.recognition.events import FinalSentence, Partial
+    from test_run_task_protocol import TID
+    p = _run_task()
+    p.recognition_event(TID, Partial(1, 0, 800, "", "ask"))
+    p.recognition_event(TID, Partial(1, 0, 1600, "ask ", "not"))
+    p.recognition_event(TID, FinalSentence(1, 0, 2000, "Ask not.", (), "en"))
+    # a sentence whose only result is its final: that final is also its beginning
+    p.recognition_event(TID, FinalSentence(2, 2500, 3000, "Yes.", (), "en"))
+    p.recognition_event(TID, Partial(3, 3500, 4000, "", "and"))
+    got = [(s["sentence_id"], s["sentence_begin"], s["sentence_end"]) for s in _sentences(p)]
+    assert got == [(1, True, False), (1, False, False), (1, False, True), (2, True, True),
+                   (3, True, False)]
+
+
+def _final_with(emotion):
+    from callscribe.recognition.events import FinalSentence
+    return FinalSentence(1, 0, 900, "Thank you.", (), "en", emotion)
+
+
+@pytest.mark.parametrize("model,rate,semantic,vendor", [
+    ("paraformer-realtime-8k-v2", 8000, False, True),
+    ("paraformer-realtime-8k-v2", 8000, True, False),   # the vendor: not with semantic punct.
+    ("fun-asr-realtime", 16000, False, False),
+    ("paraformer-realtime-v2", 16000, False, False),
+    ("paraformer-realtime-8k-v1", 8000, False, False)])
+def test_emo_fields_only_where_the_vendor_has_them(model, rate, semantic, vendor):
+    from callscribe.recognition.events import Emotion
+    from test_run_task_protocol import TID
+    p = _run_task(model, rate, semantic_punctuation_enabled=semantic)
+    p.recognition_event(TID, _final_with(Emotion("positive", 0.734, "happy", "text:vader")))
+    (s,) = _sentences(p)
+    assert s["emotion"] == {"label": "happy", "polarity": "positive", "confidence": 0.734}
+    if vendor:
+        assert (s["emo_tag"], s["emo_confidence"]) == ("positive", 0.734)
+    else:
+        assert "emo_tag" not in s and "emo_confidence" not in s
+
+
+def test_emotion_confidence_follows_the_classifier_score():
+    """Not a constant: a clear sentiment scores higher than a faint one, a long neutral
+    sentence higher than a one-word one, and calm speech is a surer neutral than agitated."""
+    from callscribe.recognition.emotion import TextProsodyEmotion
+    e = TextProsodyEmotion()
+    conf = lambda text: e.estimate(text, "en", None).confidence  # noqa: E731
+    assert conf("This is absolutely terrible, the worst service ever.") > \
+        conf("It was not great.")
+    long_neutral = "I am calling about the order number that I placed on the fourth of March."
+    assert e.estimate(long_neutral, "en", None).polarity == "neutral"
+    assert conf(long_neutral) > conf("Okay.")
+    values = {conf(t) for t in ("Okay.", long_neutral, "It was not great.",
+                                "Thank you so much, that was great.")}
+    assert len(values) == 4 and all(0.0 < v < 1.0 for v in values)
+    calm = e._label("neutral", 0.0, "", True)[1]
+    agitated = e._label("neutral", 0.8, "", True)[1]
+    assert calm > agitated
