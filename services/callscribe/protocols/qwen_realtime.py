@@ -46,11 +46,15 @@ MAX_FRAME_BYTES = 20 * 1024 * 1024
 MAX_UNCOMMITTED_MS = 60_000
 #: no client event for this long: close
 IDLE_TIMEOUT_S = 60.0
+#: after session.finished the client closes (the Java SDK's endSession() closes the socket
+#: itself and throws if the server closed first); the server closes after this long
+FINISHED_LINGER_S = 2.0
 
 
 class State(Enum):
     OPEN = "open"
     FINISHING = "finishing"  # session.finish (or the shutdown grace) ended input
+    FINISHED = "finished"  # session.finished sent: waiting for the client to close
     CLOSED = "closed"
 
 
@@ -107,6 +111,7 @@ class QwenRealtimeProtocol:
         self._finish_at: float | None = None
         self._shutdown_at: float | None = None
         self._shutdown_ended = False
+        self._linger_until = 0.0
         if not MODEL_RE.match(self.model):
             self._error(SessionError(model_problem(model), code="ModelNotFound"),
                         param="model", close=CLOSE_POLICY)
@@ -176,7 +181,7 @@ class QwenRealtimeProtocol:
                 f"Invalid value: {kind[:64]!r}. Supported values are: "
                 f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
                 event_id=eid)
-        if self.state is State.FINISHING:
+        if self.state in (State.FINISHING, State.FINISHED):
             return self._error(RequestError(f"{kind} after session.finish: the session is "
                                             "ending", "session_finishing", "type"), event_id=eid)
         if kind != "session.update" and kind != "session.finish" and not self._configured:
@@ -427,7 +432,7 @@ class QwenRealtimeProtocol:
                                close=CLOSE_GOING_AWAY)
         self._send("session.finished")
         self._report("finished")
-        self._close(CLOSE_NORMAL, "session finished")
+        self.state, self._linger_until = State.FINISHED, self._clock() + FINISHED_LINGER_S
 
     def recognition_failed(self, task_id: str, error: BaseException) -> None:
         st = self._current(task_id)
@@ -452,6 +457,8 @@ class QwenRealtimeProtocol:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def connection_lost(self, error_code: str | None = None) -> None:
+        if self.state is State.FINISHED:  # the client closed after session.finished
+            self.state = State.CLOSED
         if self.state is State.CLOSED:
             return
         if self._stream is not None:
@@ -460,6 +467,8 @@ class QwenRealtimeProtocol:
         self.state = State.CLOSED
 
     def shutdown(self, grace_s: float) -> None:
+        if self.state is State.FINISHED:
+            return self._close(CLOSE_NORMAL, "session finished")
         if self.state is not State.OPEN or self._shutdown_at is not None:
             return
         self._shutdown_at = self._clock() + max(0.0, grace_s)
@@ -468,6 +477,8 @@ class QwenRealtimeProtocol:
             self._end_input()
 
     def next_deadline(self) -> float | None:
+        if self.state is State.FINISHED:
+            return self._linger_until
         if self.state is not State.OPEN:
             return None
         st = self._stream
@@ -475,9 +486,11 @@ class QwenRealtimeProtocol:
         return min((t for t in (idle, self._shutdown_at) if t is not None), default=None)
 
     def handle_timers(self) -> None:
+        now = self._clock()
+        if self.state is State.FINISHED and now >= self._linger_until:
+            return self._close(CLOSE_NORMAL, "session finished")
         if self.state is not State.OPEN:
             return
-        now = self._clock()
         if self._shutdown_at is not None and now >= self._shutdown_at:
             self._shutdown_ended = True
             return self._end_input()
@@ -489,6 +502,8 @@ class QwenRealtimeProtocol:
     def _fail(self, close: int, reason: str) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.FINISHED:  # already reported
+            return self._close(close, reason)
         if self._stream is not None:
             self._outputs.append(AbortRecognition(self._stream.sid))
             self._audio_ms, self._stream = self._now_ms(), None
