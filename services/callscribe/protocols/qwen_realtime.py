@@ -20,7 +20,7 @@ import binascii
 import json
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
@@ -31,7 +31,9 @@ from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
 from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config, RequestError,
-                                               model_problem, parse_session, vad_probability)
+                                               model_problem, parse_session, session_object,
+                                               vad_probability)
+from callscribe.protocols.qwen_text import Item as _Item
 from callscribe.protocols.qwen_text import grow
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
@@ -56,18 +58,6 @@ class State(Enum):
     FINISHING = "finishing"  # session.finish (or the shutdown grace) ended input
     FINISHED = "finished"  # session.finished sent: waiting for the client to close
     CLOSED = "closed"
-
-
-@dataclass
-class _Item:
-    id: str
-    texts: list[str] = field(default_factory=list)
-    language: str | None = None
-    emotion: str = "neutral"
-    #: ``text`` of the item's last ``.text`` event: later ones only extend it (qwen_text.grow)
-    shown: str = ""
-    longest: int = -1
-    implicit: bool = False  # committed by session.finish: dropped when nothing was said
 
 
 @dataclass
@@ -129,17 +119,7 @@ class QwenRealtimeProtocol:
                                               "type": type_, **fields})))
 
     def _session(self) -> dict[str, Any]:
-        c = self.config
-        tr: dict[str, Any] = {}
-        if c.language:
-            tr["language"] = c.language
-        if c.corpus:
-            tr["corpus"] = {"text": c.corpus}
-        return {"id": self.session_id, "object": "realtime.session", "model": self.model,
-                "modalities": ["text"], "input_audio_format": c.format,
-                "sample_rate": c.sample_rate, "input_audio_transcription": tr,
-                "turn_detection": {"type": "server_vad", "threshold": c.threshold,
-                                   "silence_duration_ms": c.silence_ms} if c.vad else None}
+        return session_object(self.config, self.session_id, self.model)
 
     def _error(self, exc: BaseException, *, event_id: str | None = None,
                param: str | None = None, close: int | None = None,

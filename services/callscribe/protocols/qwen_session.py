@@ -64,6 +64,20 @@ class Config:
     silence_ms: int = DEFAULT_SILENCE_MS
 
 
+def session_object(c: Config, session_id: str, model: str) -> dict[str, Any]:
+    """The ``session`` of ``session.created`` / ``session.updated``."""
+    tr: dict[str, Any] = {}
+    if c.language:
+        tr["language"] = c.language
+    if c.corpus:
+        tr["corpus"] = {"text": c.corpus}
+    return {"id": session_id, "object": "realtime.session", "model": model,
+            "modalities": ["text"], "input_audio_format": c.format,
+            "sample_rate": c.sample_rate, "input_audio_transcription": tr,
+            "turn_detection": {"type": "server_vad", "threshold": c.threshold,
+                               "silence_duration_ms": c.silence_ms} if c.vad else None}
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

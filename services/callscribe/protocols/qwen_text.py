@@ -1,4 +1,4 @@
-"""The settled text of a Qwen realtime item: what ``...input_audio_transcription.text`` sends.
+"""Qwen realtime conversation items and their settled text (``...transcription.text``).
 
 The protocol promises that ``text`` is settled and ``stash`` is the tail that may still
 change, so a client may append ``text`` and redraw only ``stash``.  The recogniser's own
@@ -10,6 +10,22 @@ differ; within an item ``text`` never shrinks or changes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    """One conversation item of a Qwen realtime session (an utterance or a commit)."""
+
+    id: str
+    texts: list[str] = field(default_factory=list)  # its final sentences so far
+    language: str | None = None
+    emotion: str = "neutral"
+    #: ``text`` of the item's last ``.text`` event: later ones only extend it (:func:`grow`)
+    shown: str = ""
+    longest: int = -1
+    implicit: bool = False  # committed by session.finish: dropped when nothing was said
 
 
 def grow(shown: str, settled: str, full: str, unspaced: bool) -> tuple[str, str]:
