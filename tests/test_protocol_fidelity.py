@@ -215,3 +215,36 @@ def test_emotion_confidence_follows_the_classifier_score():
     calm = e._label("neutral", 0.0, "", True)[1]
     agitated = e._label("neutral", 0.8, "", True)[1]
     assert calm > agitated
+
+
+# --- 3: a final closed by the end of input ends with its last word (generated speech) -------
+
+
+def test_final_closed_by_end_of_input_ends_with_its_last_word(runtime, tmp_path):
+    """espeak-ng speech then 700 ms of silence, less than max_sentence_silence: the end of
+    input (finish-task) closes the sentence, which ends with its last word, not with the
+    stream."""
+    import numpy as np
+
+    import audiogen
+    from callscribe.audio import decode_bytes
+    from callscribe.recognition.events import FinalSentence
+    from callscribe.recognition.session import RecognitionSession, SessionOptions
+    path = audiogen.espeak_wav("Please check the balance of my savings account.",
+                               tmp_path / "s.wav", rate=16000)
+    speech = decode_bytes(path.read_bytes(), "wav")[0]
+    audio = np.concatenate([audiogen.silence(0.3, 16000), speech, audiogen.silence(0.7, 16000)])
+    session = RecognitionSession(runtime.engine, runtime.vad,
+                                 SessionOptions(max_sentence_silence_ms=1300))
+    events = []
+    for i in range(0, len(audio), 1600):
+        session.accept_waveform(audio[i:i + 1600])
+        events += session.process()
+    assert not [e for e in events if isinstance(e, FinalSentence)]  # not closed by silence
+    session.input_finished()
+    while session.has_work():
+        events += session.process()
+    (final,) = [e for e in events if isinstance(e, FinalSentence)]
+    stream_ms = len(audio) * 1000 // 16000
+    assert final.end_time == final.words[-1].end_time, final
+    assert final.end_time <= stream_ms - 400, (final.end_time, stream_ms)
