@@ -13,7 +13,8 @@ from callscribe.errors import CorruptAudio, EngineError
 from callscribe.protocols.common import (AbortRecognition, AudioData, Close, CommitInput,
                                          FinishInput, SendFrame, StartRecognition, TaskOptions,
                                          TaskReport)
-from callscribe.protocols.qwen_realtime import (MAX_APPEND_B64, QwenRealtimeProtocol, State)
+from callscribe.protocols.qwen_realtime import (FINISHED_LINGER_S, MAX_APPEND_B64,
+                                                QwenRealtimeProtocol, State)
 from callscribe.protocols.qwen_session import vad_probability
 from callscribe.recognition.events import (Committed, Emotion, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
@@ -245,7 +246,13 @@ def test_vad_mode_items_exact(p, clock):
     report = next(o for o in outs if isinstance(o, TaskReport))
     assert (report.task_id, report.outcome, report.sentences, report.last_package_delay_ms) == \
         (SID, "finished", 2, 250.0)
-    assert outs[-1] == Close(1000, "session finished")
+    # the client closes (the Java SDK's endSession() does, and throws if the server did
+    # first); the server only after FINISHED_LINGER_S
+    assert not any(isinstance(o, Close) for o in outs) and p.state is State.FINISHED
+    assert p.next_deadline() == clock.t + FINISHED_LINGER_S
+    clock.t += FINISHED_LINGER_S
+    p.handle_timers()
+    assert p.outputs() == [Close(1000, "session finished")]
     assert p.state is State.CLOSED
 
 
@@ -410,7 +417,18 @@ def test_manual_finish_with_only_silence_sends_no_item(p):
 def test_finish_without_audio(p):
     p.receive_text(ev("session.finish"))
     outs = p.outputs()
-    assert types(outs) == ["session.finished"] and outs[-1] == Close(1000, "session finished")
+    assert types(outs) == ["session.finished"] and p.state is State.FINISHED
+    p.connection_lost()  # the client closes: nothing more to report
+    assert p.outputs() == [] and p.state is State.CLOSED
+
+
+def test_events_after_session_finished_and_shutdown_while_lingering(p):
+    p.receive_text(ev("session.finish"))
+    p.outputs()
+    p.receive_text(ev("input_audio_buffer.clear"))
+    assert error_of(p.outputs())["code"] == "session_finishing"
+    p.shutdown(10)
+    assert p.outputs() == [Close(1000, "session finished")]
 
 
 # --- client errors keep the session --------------------------------------------------------

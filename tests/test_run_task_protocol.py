@@ -101,8 +101,8 @@ def test_full_task_exact_frames(p, clock):
     assert texts(p.outputs()) == [
         '{"header":{"task_id":"%s","event":"result-generated","attributes":{}},"payload":'
         '{"output":{"sentence":{"sentence_id":1,"begin_time":170,"end_time":null,'
-        '"text":"Okay, I got","heartbeat":false,"sentence_end":false,"words":[]}},'
-        '"usage":null}}' % TID]
+        '"text":"Okay, I got","heartbeat":false,"sentence_begin":true,"sentence_end":false,'
+        '"words":[]}},"usage":null}}' % TID]
     final = FinalSentence(1, 170, 920, "Okay, I got it.",
                           (Word(170, 295, "Okay", ","), Word(295, 503, "I", "")), "en",
                           Emotion("positive", 0.8712, "happy", "test"))
@@ -110,11 +110,11 @@ def test_full_task_exact_frames(p, clock):
     assert texts(p.outputs()) == [
         '{"header":{"task_id":"%s","event":"result-generated","attributes":{}},"payload":'
         '{"output":{"sentence":{"sentence_id":1,"begin_time":170,"end_time":920,'
-        '"text":"Okay, I got it.","heartbeat":false,"sentence_end":true,"words":['
-        '{"begin_time":170,"end_time":295,"text":"Okay","punctuation":","},'
+        '"text":"Okay, I got it.","heartbeat":false,"sentence_begin":false,"sentence_end":true,'
+        '"words":[{"begin_time":170,"end_time":295,"text":"Okay","punctuation":","},'
         '{"begin_time":295,"end_time":503,"text":"I","punctuation":""}],'
-        '"emo_tag":"positive","emo_confidence":0.871,"language":"en"}},'
-        '"usage":{"duration":3}}}' % TID]
+        '"emotion":{"label":"happy","polarity":"positive","confidence":0.871},'
+        '"language":"en"}},"usage":{"duration":3}}}' % TID]
     p.recognition_event(TID, SpeechStopped(1, 920))
 
     clock.t += 1.0
@@ -132,13 +132,13 @@ def test_full_task_exact_frames(p, clock):
     assert p.state is State.IDLE
 
 
-def test_final_without_emotion_is_neutral_and_empty_partials_are_skipped(p):
+def test_final_without_emotion_is_null_and_empty_partials_are_skipped(p):
     start(p)
     p.recognition_event(TID, Partial(1, 0, 300, "", ""))
     assert p.outputs() == []
     p.recognition_event(TID, FinalSentence(1, 0, 1200, "Hello.", (), "en"))
     sentence = json.loads(texts(p.outputs())[0])["payload"]["output"]["sentence"]
-    assert sentence["emo_tag"] == "neutral" and sentence["emo_confidence"] == 0.0
+    assert sentence["emotion"] is None and "emo_tag" not in sentence
     # an empty final for a sentence never shown is not sent
     p.recognition_event(TID, FinalSentence(2, 1500, 1800, "", (), "en"))
     assert p.outputs() == []

@@ -38,8 +38,8 @@ def _make_backend(fmt: str, rate: int | None, channels: int | None, max_buffer: 
         if rate is None:
             raise SampleRateMismatch(f"{fmt}: sample_rate is required for headerless audio")
         return RawBackend(fmt, rate, channels or 1, max_buffer)
-    if fmt == "wav":
-        return WavBackend(max_buffer)
+    if fmt == "wav":  # with a declared rate, a stream without a RIFF header is s16le PCM
+        return WavBackend(max_buffer, (rate, channels or 1) if rate else None)
     if fmt == "mp3":
         return Mp3Backend(max_buffer)
     if fmt == "aac":
@@ -144,6 +144,11 @@ class StreamDecoder:
     def format(self) -> str:
         """Canonical format; "ogg" becomes "opus" or "speex" once the stream says which."""
         return self._backend.fmt
+
+    @property
+    def headerless(self) -> bool:
+        """True when a "wav" stream had no RIFF header and is decoded as s16le PCM."""
+        return getattr(self._backend, "headerless", False)
 
     @property
     def finished(self) -> bool:

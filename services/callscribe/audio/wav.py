@@ -4,6 +4,10 @@ Sample layouts: PCM 8 (unsigned), 16, 24, 32-bit integer (also 12/20-bit in wide
 containers), IEEE float 32/64, G.711 mu-law and A-law, each also inside
 WAVE_FORMAT_EXTENSIBLE.  Unknown chunks are skipped without buffering them.  A data chunk
 whose size is 0 or 0xFFFFFFFF (a wav written while streaming) runs to the end of the input.
+
+``pcm_fallback=(rate, channels)``: a stream that does not start with a RIFF/RF64 header is
+taken as headerless s16le PCM at that rate and channel count (``headerless`` becomes True).
+DashScope's own Java microphone example declares ``format("wav")`` and sends raw PCM.
 """
 
 from __future__ import annotations
@@ -40,8 +44,12 @@ class WavBackend(Backend):
     fmt = "wav"
     rate_source = "wav header"
 
-    def __init__(self, max_buffer_bytes: int) -> None:
+    def __init__(self, max_buffer_bytes: int,
+                 pcm_fallback: tuple[int, int] | None = None) -> None:
         super().__init__(max_buffer_bytes)
+        self._pcm_fallback = pcm_fallback
+        #: True once the stream turned out to have no RIFF header (see pcm_fallback)
+        self.headerless = False
         self._buf = b""
         self._offset = 0  # stream offset of _buf[0]
         self._state = "riff"  # riff -> chunk -> (fmt|ds64|skip|data) -> chunk ...
@@ -106,6 +114,10 @@ class WavBackend(Backend):
         """Advance the state machine once; False when more input is needed."""
         st = self._state
         if st == "riff":
+            if self._pcm_fallback and not any(m.startswith(self._buf[:4])
+                                              for m in (b"RIFF", b"RF64", b"RIFX")):
+                self._start_headerless(*self._pcm_fallback)
+                return True
             head = self._take(12)
             if head is None:
                 if not any(m.startswith(self._buf[:4]) for m in (b"RIFF", b"RF64", b"RIFX")):
@@ -184,6 +196,13 @@ class WavBackend(Backend):
             self._buf = self._feed_data(buf, out)
             return True
         raise AssertionError(st)  # pragma: no cover
+
+    def _start_headerless(self, rate: int, channels: int) -> None:
+        self.rate, self.channels, self.rate_source = rate, channels, "caller"
+        self._conv = SampleConverter("s16", channels)
+        self.headerless = self._seen_data = True
+        self._data_left = None
+        self._state = "data"
 
     def _start_data(self) -> None:
         if self._conv is None:

@@ -24,7 +24,8 @@ class ApiKeys:
         return bool(self._digests)
 
     def identify(self, authorization: str | None) -> str | None:
-        """Key id for an ``Authorization: Bearer <key>`` header value, None when invalid.
+        """Key id for an ``Authorization: Bearer <key>`` (or bare ``<key>``) header value, None
+        when invalid.
 
         Every configured digest is compared (no early exit), each with
         :func:`hmac.compare_digest`, so timing does not reveal which key matched or how much.
@@ -43,12 +44,16 @@ class ApiKeys:
 
 
 def parse_bearer(value: str | None) -> str | None:
-    """The token of ``Bearer <token>`` (scheme case-insensitive), else None."""
+    """The token of ``Bearer <token>`` (scheme case-insensitive), or a bare ``<token>`` with no
+    scheme (some DashScope clients, e.g. the Go client dashscopego, send the key alone);
+    None for anything else (another scheme, an empty value)."""
     if not value:
         return None
     scheme, _, token = value.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if not token:
+        return scheme or None  # no space: the whole value is the key
+    if scheme.lower() != "bearer":
         return None
     return token
 

@@ -20,7 +20,7 @@ import binascii
 import json
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
@@ -30,8 +30,11 @@ from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE
                                          CommitInput, FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
-from callscribe.protocols.qwen_session import (MODEL, MODEL_RE, Config, RequestError,
-                                               parse_session, vad_probability)
+from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config, RequestError,
+                                               model_problem, parse_session, session_object,
+                                               vad_probability)
+from callscribe.protocols.qwen_text import Item as _Item
+from callscribe.protocols.qwen_text import grow
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
@@ -45,22 +48,16 @@ MAX_FRAME_BYTES = 20 * 1024 * 1024
 MAX_UNCOMMITTED_MS = 60_000
 #: no client event for this long: close
 IDLE_TIMEOUT_S = 60.0
+#: after session.finished the client closes (the Java SDK's endSession() closes the socket
+#: itself and throws if the server closed first); the server closes after this long
+FINISHED_LINGER_S = 2.0
 
 
 class State(Enum):
     OPEN = "open"
     FINISHING = "finishing"  # session.finish (or the shutdown grace) ended input
+    FINISHED = "finished"  # session.finished sent: waiting for the client to close
     CLOSED = "closed"
-
-
-@dataclass
-class _Item:
-    id: str
-    texts: list[str] = field(default_factory=list)
-    language: str | None = None
-    emotion: str = "neutral"
-    longest: int = -1
-    implicit: bool = False  # committed by session.finish: dropped when nothing was said
 
 
 @dataclass
@@ -97,16 +94,17 @@ class QwenRealtimeProtocol:
         self._commit_ms = 0
         self._append_eid: str | None = None
         self._items = 0
+        self._heard: str | None = None  # the language of the session's last final
         self._last_event_at = clock()
         self._first_audio_at: float | None = None
         self._first_text_at: float | None = None
         self._finish_at: float | None = None
         self._shutdown_at: float | None = None
         self._shutdown_ended = False
+        self._linger_until = 0.0
         if not MODEL_RE.match(self.model):
-            self._error(SessionError(f"model {model!r} is not supported here; use {MODEL} or a "
-                                     f"dated snapshot ({MODEL}-YYYY-MM-DD)",
-                                     code="ModelNotFound"), param="model", close=CLOSE_POLICY)
+            self._error(SessionError(model_problem(model), code="ModelNotFound"),
+                        param="model", close=CLOSE_POLICY)
             return
         self._send("session.created", session=self._session())
 
@@ -121,17 +119,7 @@ class QwenRealtimeProtocol:
                                               "type": type_, **fields})))
 
     def _session(self) -> dict[str, Any]:
-        c = self.config
-        tr: dict[str, Any] = {}
-        if c.language:
-            tr["language"] = c.language
-        if c.corpus:
-            tr["corpus"] = {"text": c.corpus}
-        return {"id": self.session_id, "object": "realtime.session", "model": self.model,
-                "modalities": ["text"], "input_audio_format": c.format,
-                "sample_rate": c.sample_rate, "input_audio_transcription": tr,
-                "turn_detection": {"type": "server_vad", "threshold": c.threshold,
-                                   "silence_duration_ms": c.silence_ms} if c.vad else None}
+        return session_object(self.config, self.session_id, self.model)
 
     def _error(self, exc: BaseException, *, event_id: str | None = None,
                param: str | None = None, close: int | None = None,
@@ -173,7 +161,7 @@ class QwenRealtimeProtocol:
                 f"Invalid value: {kind[:64]!r}. Supported values are: "
                 f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
                 event_id=eid)
-        if self.state is State.FINISHING:
+        if self.state in (State.FINISHING, State.FINISHED):
             return self._error(RequestError(f"{kind} after session.finish: the session is "
                                             "ending", "session_finishing", "type"), event_id=eid)
         if kind != "session.update" and kind != "session.finish" and not self._configured:
@@ -295,8 +283,13 @@ class QwenRealtimeProtocol:
             "id": item.id, "object": "realtime.item", "type": "message", "status": "completed",
             "role": "user", "content": [{"type": "input_audio", "transcript": None}]})
 
+    def _language(self, item: _Item, heard: str | None = None) -> str:
+        """Never null: what was heard, else the session's hint, else the language of the
+        session's last final, else DEFAULT_LANGUAGE."""
+        return heard or item.language or self.config.language or self._heard or DEFAULT_LANGUAGE
+
     def _joined(self, item: _Item, more: str = "") -> str:
-        sep = "" if (item.language or self.config.language) in UNSPACED else " "
+        sep = "" if self._language(item) in UNSPACED else " "
         return sep.join(t for t in (*item.texts, more) if t)
 
     def _complete(self, item: _Item) -> None:
@@ -306,7 +299,7 @@ class QwenRealtimeProtocol:
             self._commit_events(item)
         self._items += 1
         self._send("conversation.item.input_audio_transcription.completed", item_id=item.id,
-                   content_index=0, language=item.language or self.config.language,
+                   content_index=0, language=self._language(item),
                    emotion=item.emotion, transcript=self._joined(item))
 
     def _stop_speech(self, end_ms: int) -> None:
@@ -374,16 +367,18 @@ class QwenRealtimeProtocol:
                 item = self._target()
                 if self._first_text_at is None:
                     self._first_text_at = self._clock()
+                item.shown, stash = grow(item.shown, self._joined(item, event.settled),
+                                         self._joined(item, event.text),
+                                         self._language(item, event.language) in UNSPACED)
                 self._send("conversation.item.input_audio_transcription.text", item_id=item.id,
-                           content_index=0,
-                           language=event.language or item.language or self.config.language,
-                           emotion=item.emotion, text=self._joined(item, event.settled),
-                           stash=event.tail)
+                           content_index=0, language=self._language(item, event.language),
+                           emotion=item.emotion, text=item.shown, stash=stash)
         elif isinstance(event, FinalSentence):
             item = self._target()
             if event.text:
                 item.texts.append(event.text)
                 item.language = item.language or event.language
+                self._heard = event.language or self._heard
                 if event.emotion is not None and len(event.text) > item.longest:
                     item.emotion, item.longest = event.emotion.label, len(event.text)
             if vad:
@@ -417,7 +412,7 @@ class QwenRealtimeProtocol:
                                close=CLOSE_GOING_AWAY)
         self._send("session.finished")
         self._report("finished")
-        self._close(CLOSE_NORMAL, "session finished")
+        self.state, self._linger_until = State.FINISHED, self._clock() + FINISHED_LINGER_S
 
     def recognition_failed(self, task_id: str, error: BaseException) -> None:
         st = self._current(task_id)
@@ -442,6 +437,8 @@ class QwenRealtimeProtocol:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def connection_lost(self, error_code: str | None = None) -> None:
+        if self.state is State.FINISHED:  # the client closed after session.finished
+            self.state = State.CLOSED
         if self.state is State.CLOSED:
             return
         if self._stream is not None:
@@ -450,6 +447,8 @@ class QwenRealtimeProtocol:
         self.state = State.CLOSED
 
     def shutdown(self, grace_s: float) -> None:
+        if self.state is State.FINISHED:
+            return self._close(CLOSE_NORMAL, "session finished")
         if self.state is not State.OPEN or self._shutdown_at is not None:
             return
         self._shutdown_at = self._clock() + max(0.0, grace_s)
@@ -458,6 +457,8 @@ class QwenRealtimeProtocol:
             self._end_input()
 
     def next_deadline(self) -> float | None:
+        if self.state is State.FINISHED:
+            return self._linger_until
         if self.state is not State.OPEN:
             return None
         st = self._stream
@@ -465,9 +466,11 @@ class QwenRealtimeProtocol:
         return min((t for t in (idle, self._shutdown_at) if t is not None), default=None)
 
     def handle_timers(self) -> None:
+        now = self._clock()
+        if self.state is State.FINISHED and now >= self._linger_until:
+            return self._close(CLOSE_NORMAL, "session finished")
         if self.state is not State.OPEN:
             return
-        now = self._clock()
         if self._shutdown_at is not None and now >= self._shutdown_at:
             self._shutdown_ended = True
             return self._end_input()
@@ -479,6 +482,8 @@ class QwenRealtimeProtocol:
     def _fail(self, close: int, reason: str) -> None:
         if self.state is State.CLOSED:
             return
+        if self.state is State.FINISHED:  # already reported
+            return self._close(close, reason)
         if self._stream is not None:
             self._outputs.append(AbortRecognition(self._stream.sid))
             self._audio_ms, self._stream = self._now_ms(), None

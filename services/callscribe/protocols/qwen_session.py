@@ -22,6 +22,18 @@ FORMATS = {"pcm": "pcm", "pcm16": "pcm", "opus": "opus"}
 SAMPLE_RATES = (16000, 8000)
 DEFAULT_THRESHOLD = 0.2
 DEFAULT_SILENCE_MS = 800
+#: ``language`` of ``.text`` / ``.completed`` events when nothing was heard yet and the session
+#: has no language hint (e.g. a manual commit of silence): never null
+DEFAULT_LANGUAGE = "en"
+
+
+def model_problem(model: str | None) -> str:
+    """The error text for a missing or unsupported ``?model=`` (never shows a Python None)."""
+    use = f"use {MODEL} or a dated snapshot ({MODEL}-YYYY-MM-DD)"
+    if not model:
+        return (f"the model query parameter is missing: connect to "
+                f"/api-ws/v1/realtime?model={MODEL} ({use})")
+    return f"model {model!r} is not supported here; {use}"
 
 
 def vad_probability(threshold: float, base: float) -> float:
@@ -50,6 +62,20 @@ class Config:
     vad: bool = True
     threshold: float = DEFAULT_THRESHOLD
     silence_ms: int = DEFAULT_SILENCE_MS
+
+
+def session_object(c: Config, session_id: str, model: str) -> dict[str, Any]:
+    """The ``session`` of ``session.created`` / ``session.updated``."""
+    tr: dict[str, Any] = {}
+    if c.language:
+        tr["language"] = c.language
+    if c.corpus:
+        tr["corpus"] = {"text": c.corpus}
+    return {"id": session_id, "object": "realtime.session", "model": model,
+            "modalities": ["text"], "input_audio_format": c.format,
+            "sample_rate": c.sample_rate, "input_audio_transcription": tr,
+            "turn_detection": {"type": "server_vad", "threshold": c.threshold,
+                               "silence_duration_ms": c.silence_ms} if c.vad else None}
 
 
 def _number(v: Any) -> bool:

@@ -26,8 +26,8 @@ from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD
                                          FinishInput, Output, ProtocolError, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          parse_run_task_options, wire_error)
-from callscribe.recognition.events import (Event, FinalSentence, Partial, SpeechStarted,
-                                           SpeechStopped)
+from callscribe.recognition.events import (Emotion, Event, FinalSentence, Partial,
+                                           SpeechStarted, SpeechStopped)
 
 #: no frame from the client for this long during a task: task-failed CLIENT_ERROR
 NO_DATA_TIMEOUT_S = 23.0
@@ -38,6 +38,22 @@ IDLE_TIMEOUT_S = 60.0
 #: with ``heartbeat``, a heartbeat result after this much silence since the last result
 HEARTBEAT_INTERVAL_S = 10.0
 MAX_TASK_ID_LEN = 128
+#: models for which DashScope returns ``emo_tag`` / ``emo_confidence`` (with semantic
+#: punctuation off); every model gets callscribe's own ``emotion`` object instead
+VENDOR_EMOTION_MODELS = frozenset({"paraformer-realtime-8k-v2"})
+
+
+def emotion_fields(emo: Emotion | None, options: TaskOptions) -> dict[str, Any]:
+    """The emotion fields of a final: ``emotion`` {label, polarity, confidence} (callscribe's
+    own, every model; null when no estimate was made), plus the vendor's ``emo_tag`` /
+    ``emo_confidence`` where the vendor has them."""
+    own = None if emo is None else {"label": emo.label, "polarity": emo.polarity,
+                                    "confidence": round(float(emo.confidence), 3)}
+    out: dict[str, Any] = {"emotion": own}
+    if options.model in VENDOR_EMOTION_MODELS and not options.semantic_punctuation:
+        out["emo_tag"] = emo.polarity if emo else "neutral"
+        out["emo_confidence"] = own["confidence"] if own else 0.0
+    return out
 
 
 class State(Enum):
@@ -270,28 +286,30 @@ class RunTaskProtocol:
             task.in_speech = True
             task.silence_since = now
             if event.text:
+                begin = event.sentence_id not in task.partial_ids
                 task.partial_ids.add(event.sentence_id)
                 self._result(task, {"sentence_id": event.sentence_id,
                                     "begin_time": event.begin_time, "end_time": None,
                                     "text": event.text, "heartbeat": False,
-                                    "sentence_end": False, "words": []}, None)
+                                    "sentence_begin": begin, "sentence_end": False,
+                                    "words": []}, None)
         elif isinstance(event, FinalSentence):
             task.in_speech = False
             task.silence_since = now
             if event.text or event.sentence_id in task.partial_ids:
+                # a final with no interim before it is also the sentence's first result
+                begin = event.sentence_id not in task.partial_ids
                 task.partial_ids.discard(event.sentence_id)
                 task.sentences += 1
-                emo = event.emotion
                 billed = math.ceil(max(task.audio_ms, event.end_time) / 1000)
                 self._result(task, {
                     "sentence_id": event.sentence_id, "begin_time": event.begin_time,
                     "end_time": event.end_time, "text": event.text, "heartbeat": False,
-                    "sentence_end": True,
+                    "sentence_begin": begin, "sentence_end": True,
                     "words": [{"begin_time": w.begin_time, "end_time": w.end_time,
                                "text": w.text, "punctuation": w.punctuation}
                               for w in event.words],
-                    "emo_tag": emo.polarity if emo else "neutral",
-                    "emo_confidence": round(float(emo.confidence), 3) if emo else 0.0,
+                    **emotion_fields(event.emotion, task.options),
                     # not in DashScope's payload (extra fields are harmless to the SDK): the
                     # detected language, for the captions page
                     "language": event.language,
@@ -411,7 +429,8 @@ class RunTaskProtocol:
                 if now >= max(task.last_result_at, task.silence_since) + HEARTBEAT_INTERVAL_S:
                     self._result(task, {"sentence_id": task.sentences + 1, "begin_time": 0,
                                         "end_time": None, "text": "", "heartbeat": True,
-                                        "sentence_end": False, "words": []}, None)
+                                        "sentence_begin": False, "sentence_end": False,
+                                        "words": []}, None)
             elif now >= task.silence_since + SILENCE_TIMEOUT_S:
                 self._fail(SessionError(f"no speech for {SILENCE_TIMEOUT_S:.0f} seconds of "
                                         "audio; set parameters.heartbeat=true to keep a silent "

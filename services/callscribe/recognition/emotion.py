@@ -374,7 +374,11 @@ class TextProsodyEmotion:
             polarity = "neutral"
         label, label_conf = self._label(polarity, arousal, text or "", prosody is not None)
         if polarity == "neutral":
-            pol_conf = 0.5 + 0.5 * (1.0 - abs(valence) / thr)
+            # "no sentiment found" is only as strong as the text that was scored: a short or
+            # unscored (language without a lexicon) sentence is a weak neutral
+            units = len(re.findall(r"[A-Za-z']+|[\u4e00-\u9fff]", text or ""))  # words, hanzi
+            evidence = 0.0 if text_src == "none" else min(1.0, units / 10)
+            pol_conf = 0.5 + 0.45 * (1.0 - abs(valence) / thr) * (0.4 + 0.6 * evidence)
         else:
             pol_conf = 0.5 + 0.5 * min(1.0, (abs(valence) - thr) / 0.5)
         source = f"text:{text_src}" + ("+prosody" if prosody is not None else "")
@@ -399,7 +403,8 @@ class TextProsodyEmotion:
             return "happy", base
         if cue["surprised"] and arousal > 0.2:
             return "surprised", base * 0.8
-        return "neutral", base
+        # neutral is surest for calm speech; raised (or flat) arousal makes it less so
+        return "neutral", base * (1.0 - 0.3 * min(1.0, abs(arousal)))
 
 
 # ------------------------------------------------------------------------------ registry

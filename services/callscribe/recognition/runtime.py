@@ -126,7 +126,9 @@ class Runtime:
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
-        return AsyncStream(self, self.new_session(opts), decoder, opts.channel)
+        stream = AsyncStream(self, self.new_session(opts), decoder, opts.channel)
+        stream.log_context = opts.extra
+        return stream
 
     def close(self) -> None:
         self.ready = False
@@ -158,6 +160,9 @@ class AsyncStream:
         self._clock = StreamClock()
         session.pool_busy = runtime.pool_busy
         self._first_partials: set[int] = set()
+        #: ids for this stream's log lines (task_id), set by the opener
+        self.log_context: dict = {}
+        self._noted_headerless = False
         #: the caller's trace context (e.g. the task's span): the decode spans' parent
         self.trace_context: Any = None
         runtime.telemetry.track(self)
@@ -186,6 +191,11 @@ class AsyncStream:
         if self._task.done():
             self._task.result()  # re-raise a processing failure
         pcm = self._channel(self.decoder.feed(data))
+        if not self._noted_headerless and getattr(self.decoder, "headerless", False):
+            self._noted_headerless = True  # once per stream
+            structlog.get_logger(__name__).warning(
+                "format wav without a RIFF header: decoding the stream as s16le PCM at the "
+                "declared sample_rate", sample_rate=self.decoder.source_rate, **self.log_context)
         piece = self._high * 16  # samples; a huge frame is queued in pieces
         for off in range(0, len(pcm), piece):
             if self.session.pending_ms > self._high:

@@ -236,7 +236,7 @@ class RecognitionSession:
             if self._sentence is not None:
                 if tail and self._sentence.confirmed:
                     self._sentence.last_voiced = self._processed
-                self._end_sentence(self._processed, events)
+                self._end_sentence(self._processed, events, input_end=True)
             self._done = True
         return events
 
@@ -359,7 +359,11 @@ class RecognitionSession:
             s.early = (end, result)
         return True
 
-    def _end_sentence(self, end: int, events: list[Event], stopped: bool = True) -> None:
+    def _end_sentence(self, end: int, events: list[Event], stopped: bool = True,
+                      input_end: bool = False) -> None:
+        """Decode the sentence up to ``end`` and emit it.  ``input_end``: the end of input
+        closes it (finish-task), so everything up to ``end`` is decoded but the sentence ends
+        where its last word does, not at the end of the stream."""
         s = self._sentence
         assert s is not None
         end = min(end, self._processed)
@@ -378,6 +382,8 @@ class RecognitionSession:
         if result.text.strip() and not self._hallucination(result):
             words = close_sentence(to_words(result.words, begin_ms, end_ms, result.language),
                                    result.language)
+            if words and input_end:
+                end_ms = max(begin_ms, words[-1].end_time)
             if words:
                 final = FinalSentence(s.sentence_id, begin_ms, end_ms,
                                       words_text(words, result.language), tuple(words),

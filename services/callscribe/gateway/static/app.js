@@ -446,8 +446,8 @@
       end_ms: Math.round(base + (s.end_time || s.begin_time || 0)),
       text: s.text,
       language: s.language || ui.language.value || "",
-      emotion: s.emo_tag || "neutral",
-      emo_confidence: s.emo_confidence ?? null,
+      emotion: (s.emotion && s.emotion.polarity) || "neutral",
+      emo_confidence: s.emotion ? s.emotion.confidence : null,
       task_id: st.taskId,
       sentence_id: s.sentence_id,
     };
