@@ -62,6 +62,9 @@ def test_validators() -> None:
     ("my social security number is 123 45 6789", [("SSN", "123 45 6789")]),
     ("SSN 123-45-6789", [("SSN", "123-45-6789")]),
     ("it costs 123 45 6789 dollars", [("SSN", "123 45 6789")]),  # written 3-2-4: an SSN
+    # recognition lost a digit or changed one: the naming word still gets it redacted
+    ("My Social Security number is 123 45678 IN.", [("SSN", "123 45678")]),
+    ("my card number is 4532 0151 1283 0367", [("CARD", "4532 0151 1283 0367")]),
     # no PII
     ("the year 2024 and 15 people, at 3 pm", []),
     ("one of the two options", []),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from callscribe.analytics.characteristics import loudness_update
 from callscribe.audio import open_decoder, sniff_format
 from callscribe.errors import UnsupportedFormat
 from callscribe.recognition.events import FinalSentence
@@ -40,8 +42,11 @@ def guess_format(path: Path, head: bytes) -> str:
 
 def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
                     audio_format: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
-    """Return ``(channel, sentence)`` pairs in time order."""
+                    progress: Callable[[int], None] | None = None,
+                    levels: dict[int, list[float]] | None = None
+                    ) -> list[tuple[int, FinalSentence]]:
+    """Return ``(channel, sentence)`` pairs in time order.  ``levels`` (analytics) gets
+    each channel's loudness accumulator and ``levels["samples"]`` the samples per channel."""
     with open(path, "rb") as f:
         head = f.read(4096)
     fmt = audio_format or guess_format(path, head)
@@ -57,6 +62,10 @@ def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
             pcm = pcm[None]
         while len(sessions) < pcm.shape[0]:
             sessions.append(runtime.new_session(opts))
+        if levels is not None:
+            for ch in range(pcm.shape[0]):
+                loudness_update(levels.setdefault(ch, [0.0, 0.0, 0.0]), pcm[ch])
+            levels["samples"] = levels.get("samples", 0) + pcm.shape[1]
         for i in range(0, pcm.shape[1], STEP):
             for ch, session in enumerate(sessions):
                 session.accept_waveform(pcm[ch, i:i + STEP])
@@ -116,10 +125,32 @@ def render(results: list[tuple[int, FinalSentence]], fmt: str, *, file: str | No
 
 
 def iter_outputs(runtime: Runtime, files: list[Path], opts: StreamOptions, fmt: str,
-                 audio_format: str | None, progress_factory) -> Iterator[str]:
+                 audio_format: str | None, progress_factory, *, analytics: Any = None,
+                 roles: tuple[str, ...] | None = None) -> Iterator[str]:
+    """One output per file; with ``analytics`` (a CallAnalytics) the JSON analytics document
+    (:func:`callscribe.analytics.offline.analyse_recording`) instead of ``fmt``."""
     for path in files:
         size = path.stat().st_size
+        levels: dict | None = {} if analytics is not None else None
         with progress_factory(path, size) as bar:
             results = transcribe_file(runtime, path, opts, audio_format=audio_format,
-                                      progress=bar.update if bar else None)
-        yield render(results, fmt, file=str(path) if len(files) > 1 else None)
+                                      progress=bar.update if bar else None, levels=levels)
+        if analytics is None:
+            yield render(results, fmt, file=str(path) if len(files) > 1 else None)
+            continue
+        yield json.dumps(analyse_file(results, levels or {}, analytics, roles, runtime,
+                                      str(path)), ensure_ascii=False)
+
+
+def analyse_file(results: list[tuple[int, FinalSentence]], levels: dict, analytics: Any,
+                 roles: tuple[str, ...] | None, runtime: Runtime, file: str) -> dict:
+    from callscribe.analytics.offline import analyse_recording
+    from callscribe.pipeline.producer import default_roles
+
+    n = sum(1 for k in levels if isinstance(k, int)) or 1
+    names = tuple(roles) if roles else default_roles(n)
+    doc = analyse_recording(
+        results, roles=names, duration_ms=int(levels.get("samples", 0)) * 1000 // runtime.engine.sample_rate,
+        levels={k: v for k, v in levels.items() if isinstance(k, int)}, analytics=analytics,
+        engine=runtime.engine.name, model=runtime.engine.model_name)
+    return {"file": file, **doc}

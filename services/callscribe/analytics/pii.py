@@ -9,6 +9,9 @@ character span of the *original* text).  What it finds:
 * ``SSN``: US social security numbers, 9 digits written 3-2-4 or said after "social
   security" / "SSN", with the SSA's rules (area not 000, 666 or 9xx; group not 00; serial
   not 0000);
+* after a naming word ("card", "credit", 卡号 / "social security", "SSN") 12-19 digits are a
+  ``CARD`` and 7-10 digits an ``SSN`` without the check: what recognition garbled is still
+  redacted;
 * ``PHONE``: Chinese mobiles (1[3-9] + 9 digits, optionally after 86), Chinese landlines
   (0 + area + number, 10-12 digits), NANP numbers (10 digits, [2-9]..[2-9].., optionally after
   1), any 8-15 digits after ``+``, and UK-style 0-led 11 digit numbers;
@@ -50,6 +53,7 @@ _FULLWIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
 
 _ACCOUNT_WORDS = re.compile(r"(account|acct|账号|账户|帐号|帐户|卡号|银行卡|户号)", re.I)
 _SSN_WORDS = re.compile(r"(social\s+security|\bssn\b|\bs\s?s\s?n\b)", re.I)
+_CARD_WORDS = re.compile(r"(\bcard\b|credit|debit|卡号|信用卡|借记卡)", re.I)
 _CONTEXT_CHARS = 40
 #: the longest run of digit tokens looked at (longer runs are split into windows)
 MAX_RUN_TOKENS = 64
@@ -215,6 +219,12 @@ def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str, check_x:
     if 13 <= n <= 19 and luhn_ok(digits) and not plus:
         return "CARD"
     if n == 9 and ssn_ok(digits) and (grouped_ssn or _SSN_WORDS.search(context)):
+        return "SSN"
+    # said right after what they are: redacted even when recognition lost or changed a
+    # digit (a card number that fails Luhn, an SSN one digit short)
+    if 12 <= n <= 19 and _CARD_WORDS.search(context) and not plus:
+        return "CARD"
+    if 7 <= n <= 10 and _SSN_WORDS.search(context):
         return "SSN"
     if 8 <= n <= 30 and _ACCOUNT_WORDS.search(context):
         return "BANK_ACCOUNT"
