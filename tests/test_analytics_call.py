@@ -185,3 +185,18 @@ def test_additive_fields_keep_old_records_valid() -> None:
     assert "analytics" not in d and "categories" not in d and \
         "analytics" not in d["channels"][0]
     assert decode(encode(plain)) == plain
+
+
+def test_produce_redact_options() -> None:
+    from callscribe.cli import build_parser
+    from callscribe.cli_produce import _redaction
+
+    parse = build_parser().parse_args
+    args = parse(["produce", "--call-id", "C1", "x.wav", "--redact", "phone, card",
+                  "--redact-mode", "drop"])
+    assert _redaction(args) == RedactionOption(("CARD", "PHONE"), "drop")
+    assert _redaction(parse(["produce", "--call-id", "C1", "x.wav", "--redact", "none"])) == \
+        RedactionOption((), None)
+    assert _redaction(parse(["produce", "--call-id", "C1", "x.wav"])) is None
+    with pytest.raises(ConfigurationError, match="PASSPORT"):
+        _redaction(parse(["produce", "--call-id", "C1", "x.wav", "--redact", "passport"]))

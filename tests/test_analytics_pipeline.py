@@ -31,7 +31,8 @@ from pipeline_helpers import (WorkerProcess, dead_letters, finals, has_summaries
                               pipeline_settings, read_results, summaries)
 
 from callscribe.analytics.pii import find_entities
-from callscribe.pipeline.codec import AudioOptions, CategoryEvent, TranscriptEvent
+from callscribe.pipeline.codec import (AudioOptions, CategoryEvent, RedactionOption,
+                                       TranscriptEvent)
 from callscribe.pipeline.producer import produce_file
 from callscribe.pipeline.topics import ensure_topics
 
@@ -39,6 +40,10 @@ pytestmark = pytest.mark.shared_audio
 analytics_broker = make_kafka_fixture(scope="module")
 TOL_MS = 400
 EN = AudioOptions(language_hints=("en",))
+#: a call's own redaction (what ``callscribe produce --redact CARD,PHONE,SSN --redact-mode
+#: drop`` sends): drop instead of the worker's mask
+DROP = AudioOptions(language_hints=("en",),
+                    redaction=RedactionOption(("CARD", "PHONE", "SSN"), "drop"))
 RULES = {"version": 1, "categories": [
     {"name": "greeting", "role": "agent", "phrases": ["thank you for calling"],
      "window": {"to_ms": 10000}},
@@ -216,13 +221,15 @@ async def test_worker_redacts_and_analyses_a_call(call, analytics_broker: KafkaB
                            CALLSCRIBE_ANALYTICS_RULES_FILE=str(rules)).start()
     try:
         worker.wait_assigned(timeout=120)
-        call_id = f"call-{uuid.uuid4().hex[:6]}"
+        call_id, dropped = f"call-{uuid.uuid4().hex[:6]}", f"drop-{uuid.uuid4().hex[:6]}"
         await produce_file(path, call_id, ["agent", "customer"], settings=settings,
                            options=EN)
+        await produce_file(path, dropped, ["agent", "customer"], settings=settings,
+                           options=DROP)
         topics = [settings.kafka_topic_transcripts, settings.kafka_topic_partials,
                   settings.kafka_topic_analytics, settings.kafka_topic_dead_letters]
-        records = await read_results(settings.kafka_bootstrap, topics, has_summaries(call_id),
-                                     timeout=600)
+        records = await read_results(settings.kafka_bootstrap, topics,
+                                     has_summaries(call_id, dropped), timeout=900)
     finally:
         worker.stop()
     assert not dead_letters(records)
@@ -231,19 +238,33 @@ async def test_worker_redacts_and_analyses_a_call(call, analytics_broker: KafkaB
     check_call_analytics(summary.analytics, channels, truth)
     check_redacted_finals([f.to_dict() for f in finals(records, call_id)])
     # partials: never a digit run that could be the start of a number, never an entity
-    partials = [r for _, r in records if isinstance(r, TranscriptEvent) and not r.final]
+    partials = [r for _, r in records if isinstance(r, TranscriptEvent) and not r.final
+                and r.call_id == call_id]
     assert partials
     for p in partials:
         runs = re.findall(r"\d[\d ,.-]*", p.text)
         assert not find_entities(p.text), p.text
         assert all(len(re.sub(r"\D", "", r)) < 4 for r in runs), p.text
     # categories: live ones as soon as their sentence was out, the rest before the summary
-    events = [(t, r) for t, r in records if isinstance(r, CategoryEvent)]
+    events = [(t, r) for t, r in records if isinstance(r, CategoryEvent)
+              and r.call_id == call_id]
     assert {t for t, _ in events} == {settings.kafka_topic_analytics}
     assert [r.name for _, r in events] == EXPECTED_CATEGORIES
     assert [(r.name, r.trigger) for _, r in events][:2] == [("greeting", "phrase"),
                                                            ("card_given", "pattern")]
     assert [c["name"] for c in summary.categories] == EXPECTED_CATEGORIES
+    # the call with its own option: entities dropped, empty spans where they were; so the
+    # "[CARD]" pattern category does not match it
+    texts = {}
+    for f in finals(records, dropped):
+        for ent in f.redaction.entities if f.redaction else ():
+            assert f.redaction.mode == "drop" and ent.begin == ent.end
+            texts[ent.type] = f.text
+    assert set(texts) == {"CARD", "PHONE", "SSN"}, texts
+    assert texts["CARD"].startswith("My card number is .") and "[" not in texts["CARD"]
+    [other] = summaries(records, dropped)
+    assert [c["name"] for c in other.categories] == [n for n in EXPECTED_CATEGORIES
+                                                     if n != "card_given"]
     # no clear-text PII in any record of any topic; the clear-text topic has it (so the scan
     # does find PII where there is some)
     found = await scan_topics(settings.kafka_bootstrap)

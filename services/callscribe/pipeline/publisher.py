@@ -278,6 +278,7 @@ class KafkaSink:
             return  # another channel is still running: its end publishes the summary
         if not all(rec.summary for rec, _ in channels.values()):
             summary = self._summary(call, channels)
+            ends = self._end_categories.pop(call, [])  # categories decided at the end
             # resumed from the table: the previous owner may have published it just before
             # it died (before it could note that in the records)
             resumed = any(st is None or st.resumed for _, st in channels.values())
@@ -285,7 +286,7 @@ class KafkaSink:
             if resumed and await self.find_published(call, summary.idempotency_key, since):
                 log.info("call summary was published already", call_id=call)
             else:
-                for ev in self._end_categories.pop(call, ()):  # decided at the end
+                for ev in ends:  # before the summary, which lists them
                     await self.producer.send(self.worker.settings.kafka_topic_analytics,
                                              self.worker.codec.encode(ev), key=call.encode(),
                                              headers=CATEGORY_HEADERS)
