@@ -200,3 +200,32 @@ def test_produce_redact_options() -> None:
     assert _redaction(parse(["produce", "--call-id", "C1", "x.wav"])) is None
     with pytest.raises(ConfigurationError, match="PASSPORT"):
         _redaction(parse(["produce", "--call-id", "C1", "x.wav", "--redact", "passport"]))
+
+
+def test_settings_are_validated_at_start(tmp_path: Path) -> None:
+    from callscribe.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match=r"CALLSCRIBE_REDACT_ENTITIES: .*PASSPORT"):
+        load_settings(redact_entities="CARD,PASSPORT")
+    with pytest.raises(ConfigurationError, match=r"CALLSCRIBE_ANALYTICS_RULES_FILE: .*no such"):
+        load_settings(analytics_rules_file=tmp_path / "missing.yaml")
+    with pytest.raises(ConfigurationError, match="two roles share a topic"):
+        from callscribe.pipeline.topics import topic_specs
+
+        topic_specs(load_settings(kafka_topic_clear_transcripts="callscribe.transcripts"))
+    s = load_settings(redact_entities="card, phone", redact_mode="drop")
+    ca = CallAnalytics.from_settings(s)
+    assert ca.redactor == Redactor(frozenset({"CARD", "PHONE"}), "drop")
+    assert not ca.rules and ca.clear_topic == ""
+
+
+def test_partial_event_text_and_settled_are_redacted() -> None:
+    from dataclasses import replace
+
+    ca = CallAnalytics.default()
+    p = replace(event(1, "customer", 7, 0, 3000, "my card is 4532 0151"), final=False,
+                words=(), settled="my card is 4532 ", idempotency_key="c1:1:7:0:p3000")
+    red = ca.redact(p)
+    assert (red.text, red.settled) == ("my card is [NUMBER]", "my card is ")
+    assert [(s.type, s.begin, s.end) for s in red.redaction.entities] == [("NUMBER", 11, 19)]
+    assert decode(encode(red)) == red
