@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ENTITY_TYPES = ("CARD", "PHONE", "EMAIL", "IBAN", "BANK_ACCOUNT", "CN_ID", "SSN")
 #: what a partial's unfinished trailing number is tagged as
@@ -55,8 +56,11 @@ _ACCOUNT_WORDS = re.compile(r"(account|acct|账号|账户|帐号|帐户|卡号|�
 _SSN_WORDS = re.compile(r"(social\s+security|\bssn\b|\bs\s?s\s?n\b)", re.I)
 _CARD_WORDS = re.compile(r"(\bcard\b|credit|debit|卡号|信用卡|借记卡)", re.I)
 _CONTEXT_CHARS = 40
+_GAP_WORDS = re.compile(r"[A-Za-z]+|[\u3400-\u9fff]")
 #: the longest run of digit tokens looked at (longer runs are split into windows)
 MAX_RUN_TOKENS = 64
+#: how much of the end of a partial is looked at for an unfinished number
+TAIL_CHARS = 400
 
 _EMAIL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9-]{1,63}"
                     r"(?:\.[A-Za-z0-9-]{1,63}){1,4}")
@@ -75,8 +79,7 @@ class Entity:
     end: int
 
 
-@dataclass(frozen=True, slots=True)
-class _Tok:
+class _Tok(NamedTuple):
     text: str
     begin: int
     end: int
@@ -204,7 +207,9 @@ def _runs(text: str, toks: list[_Tok]) -> list[list[_Tok]]:
 
 def _gap_ok(gap: str, tok: _Tok, prev: _Tok) -> bool:
     """What may sit between two digit tokens of one number: separators, fillers, repeats."""
-    words = re.findall(r"[A-Za-z]+|[\u3400-\u9fff]", gap)
+    if not gap.strip(" ,-"):
+        return True
+    words = _GAP_WORDS.findall(gap)
     return all(w.lower() in _FILLERS or w.lower() in _EN_REPEAT for w in words) and \
         sum(1 for c in gap if c in "，,") <= 2 and len(gap) <= 24
 
@@ -243,17 +248,20 @@ def _digit_entities(text: str, toks: list[_Tok], taken: list[tuple[int, int]]) -
 
 def _split_run(text: str, run: list[_Tok], taken: list[tuple[int, int]]) -> list[Entity]:
     out: list[Entity] = []
+    cum = [0]
+    for t in run:
+        cum.append(cum[-1] + len(t.digits or ""))
     i = 0
     while i < len(run):
         found = None
         for j in range(len(run), i, -1):  # longest piece first
+            if not 8 <= cum[j] - cum[i] <= 30:  # too long or too short for any entity
+                continue
             piece = run[i:j]
             b, e = piece[0].begin, piece[-1].end
             if any(b < te and tb < e for tb, te in taken):
                 continue
             digits = "".join(t.digits or "" for t in piece)
-            if len(digits) < 8 or len(digits) > 30:
-                continue
             plus = text[max(0, b - 1):b] == "+" or text[max(0, b - 5):b].lower().strip() \
                 == "plus"
             grouped = [len(t.digits or "") for t in piece] == [3, 2, 4] and all(
@@ -348,14 +356,17 @@ def find_entities(text: str, types: frozenset[str] | set[str] | None = None) -> 
 def trailing_number(text: str, min_digits: int = 4) -> tuple[int, int] | None:
     """The span of a digit run that ends the text (only separators or punctuation after it)
     with at least ``min_digits`` digits; None when there is none."""
-    toks = _tokens(text)
-    runs = _runs(text, toks)
+    base = max(0, len(text) - TAIL_CHARS)  # a number being said is at the very end
+    if base:
+        base = text.find(" ", base) + 1 or base
+    tail = text[base:]
+    runs = _runs(tail, _tokens(tail))
     if not runs:
         return None
     last = runs[-1]
-    rest = text[last[-1].end:]
+    rest = tail[last[-1].end:]
     if re.search(r"[A-Za-z0-9\u3400-\u9fff]", rest):
         return None
     if sum(len(t.digits or "") for t in last) < min_digits:
         return None
-    return last[0].begin, last[-1].end
+    return base + last[0].begin, base + last[-1].end
