@@ -65,6 +65,10 @@ def test_validators() -> None:
     # recognition lost a digit or changed one: the naming word still gets it redacted
     ("My Social Security number is 123 45678 IN.", [("SSN", "123 45678")]),
     ("my card number is 4532 0151 1283 0367", [("CARD", "4532 0151 1283 0367")]),
+    # a number said in pieces after "card": each piece of 7+ digits goes
+    ("my card is 4532 0151, sorry, 4532 0151 1283 0366",
+     [("CARD", "4532 0151"), ("CARD", "4532 0151 1283 0366")]),
+    ("my card expires 0528", []),
     # no PII
     ("the year 2024 and 15 people, at 3 pm", []),
     ("one of the two options", []),
@@ -129,7 +133,8 @@ def test_partial_masks_an_unfinished_trailing_number() -> None:
     # three digits stay (a time, a count); a finished sentence's number is judged as a final
     assert MASK.text("we have 3 options at 415", partial=True).text == \
         "we have 3 options at 415"
-    assert MASK.text("my card is 4532 0151", partial=False).text == "my card is 4532 0151"
+    assert MASK.text("my number is 4532 0151", partial=True).text == "my number is [NUMBER]"
+    assert MASK.text("my number is 4532 0151", partial=False).text == "my number is 4532 0151"
     # a number followed by more words is not trailing
     assert MASK.text("in 2024 we moved", partial=True).text == "in 2024 we moved"
 

@@ -9,9 +9,9 @@ character span of the *original* text).  What it finds:
 * ``SSN``: US social security numbers, 9 digits written 3-2-4 or said after "social
   security" / "SSN", with the SSA's rules (area not 000, 666 or 9xx; group not 00; serial
   not 0000);
-* after a naming word ("card", "credit", 卡号 / "social security", "SSN") 12-19 digits are a
-  ``CARD`` and 7-10 digits an ``SSN`` without the check: what recognition garbled is still
-  redacted;
+* after a naming word ("card", "credit", 卡号 / "social security", "SSN") 7-19 digits are a
+  ``CARD`` and 7-10 digits an ``SSN`` without the check: what recognition garbled, or a
+  number said in pieces ("4532 0151, sorry, 4532 0151 ..."), is still redacted;
 * ``PHONE``: Chinese mobiles (1[3-9] + 9 digits, optionally after 86), Chinese landlines
   (0 + area + number, 10-12 digits), NANP numbers (10 digits, [2-9]..[2-9].., optionally after
   1), any 8-15 digits after ``+``, and UK-style 0-led 11 digit numbers;
@@ -217,6 +217,8 @@ def _gap_ok(gap: str, tok: _Tok, prev: _Tok) -> bool:
 def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str, check_x: bool
               ) -> str | None:
     n = len(digits)
+    if n < 7:
+        return None
     if check_x:
         return "CN_ID" if cn_id_ok(digits) else None
     if n == 18 and cn_id_ok(digits):
@@ -225,16 +227,16 @@ def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str, check_x:
         return "CARD"
     if n == 9 and ssn_ok(digits) and (grouped_ssn or _SSN_WORDS.search(context)):
         return "SSN"
-    # said right after what they are: redacted even when recognition lost or changed a
-    # digit (a card number that fails Luhn, an SSN one digit short)
-    if 12 <= n <= 19 and _CARD_WORDS.search(context) and not plus:
-        return "CARD"
-    if 7 <= n <= 10 and _SSN_WORDS.search(context):
-        return "SSN"
     if 8 <= n <= 30 and _ACCOUNT_WORDS.search(context):
         return "BANK_ACCOUNT"
     if phone_ok(digits, plus):
         return "PHONE"
+    # said right after what they are: redacted even when recognition lost or changed a
+    # digit (a card number that fails Luhn, an SSN one digit short)
+    if 7 <= n <= 19 and _CARD_WORDS.search(context) and not plus:
+        return "CARD"
+    if 7 <= n <= 10 and _SSN_WORDS.search(context):
+        return "SSN"
     return None
 
 
@@ -255,7 +257,7 @@ def _split_run(text: str, run: list[_Tok], taken: list[tuple[int, int]]) -> list
     while i < len(run):
         found = None
         for j in range(len(run), i, -1):  # longest piece first
-            if not 8 <= cum[j] - cum[i] <= 30:  # too long or too short for any entity
+            if not 7 <= cum[j] - cum[i] <= 30:  # too long or too short for any entity
                 continue
             piece = run[i:j]
             b, e = piece[0].begin, piece[-1].end
