@@ -183,7 +183,7 @@ def _runs(text: str, toks: list[_Tok]) -> list[list[_Tok]]:
             t = _Tok(t.text, t.begin, t.end, None)
         if t.digits is not None:
             gap = text[cur[-1].end:t.begin] if cur else ""
-            if cur and not _gap_ok(gap, t, cur[-1]):
+            if cur and not _gap_ok(gap):
                 runs.append(cur)
                 cur = []
             d = t.digits * repeat if len(t.digits) == 1 else t.digits
@@ -205,7 +205,7 @@ def _runs(text: str, toks: list[_Tok]) -> list[list[_Tok]]:
     return runs
 
 
-def _gap_ok(gap: str, tok: _Tok, prev: _Tok) -> bool:
+def _gap_ok(gap: str) -> bool:
     """What may sit between two digit tokens of one number: separators, fillers, repeats."""
     if not gap.strip(" ,-"):
         return True
@@ -214,13 +214,11 @@ def _gap_ok(gap: str, tok: _Tok, prev: _Tok) -> bool:
         sum(1 for c in gap if c in "，,") <= 2 and len(gap) <= 24
 
 
-def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str, check_x: bool
-              ) -> str | None:
+def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str) -> str | None:
+    """The entity a digit string is, in order of how sure the check is; None: none."""
     n = len(digits)
     if n < 7:
         return None
-    if check_x:
-        return "CN_ID" if cn_id_ok(digits) else None
     if n == 18 and cn_id_ok(digits):
         return "CN_ID"
     if 13 <= n <= 19 and luhn_ok(digits) and not plus:
@@ -269,7 +267,7 @@ def _split_run(text: str, run: list[_Tok], taken: list[tuple[int, int]]) -> list
             grouped = [len(t.digits or "") for t in piece] == [3, 2, 4] and all(
                 text[a.end:c.begin] in ("-", " ") for a, c in zip(piece, piece[1:]))
             context = text[max(0, b - _CONTEXT_CHARS):b]
-            kind = _classify(digits, plus, grouped, context, False)
+            kind = _classify(digits, plus, grouped, context)
             end = e
             if kind is None and len(digits) == 17:  # a Chinese ID that ends in X
                 m = re.match(r"[\s-]*([Xx])\b", text[e:])
