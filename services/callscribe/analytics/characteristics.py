@@ -94,22 +94,26 @@ def add_polarity(store: list[list[int]], begin_ms: int, end_ms: int, polarity: s
 
 
 def loudness_update(acc: list[float], pcm: np.ndarray, frame: int = 1600) -> None:
-    """Add float PCM (-1..1, 16 kHz) to ``acc = [audible power sum, audible frames, peak]``."""
+    """Add float PCM (-1..1, 16 kHz) to ``acc = [audible power sum, audible frames, peak]``.
+
+    Frames of ``frame`` samples (100 ms); a last short piece of at least a quarter frame
+    counts as a frame of its own."""
     if pcm.size == 0:
         return
     while len(acc) < 3:
         acc.append(0.0)
-    x = np.asarray(pcm, np.float32)
-    acc[2] = max(float(acc[2]), float(np.max(np.abs(x))))
+    x = np.asarray(pcm, np.float32).reshape(-1)
+    acc[2] = max(float(acc[2]), float(x.max()), -float(x.min()))
     n = x.size // frame * frame
     if n:
-        power = np.mean(np.square(x[:n].reshape(-1, frame), dtype=np.float64), axis=1)
+        blocks = x[:n].reshape(-1, frame)
+        power = np.einsum("ij,ij->i", blocks, blocks) / frame
         loud = power[power > _AUDIBLE_POWER]
         acc[0] = float(acc[0]) + float(loud.sum())
         acc[1] = float(acc[1]) + float(loud.size)
     rest = x[n:]
     if rest.size >= frame // 4:
-        p = float(np.mean(np.square(rest, dtype=np.float64)))
+        p = float(np.dot(rest, rest)) / rest.size
         if p > _AUDIBLE_POWER:
             acc[0] = float(acc[0]) + p
             acc[1] = float(acc[1]) + 1
