@@ -30,7 +30,9 @@ _FORWARD = ("kafka_bootstrap", "kafka_topic_audio", "kafka_topic_transcripts",
             "kafka_transcripts_partitions", "kafka_partials_partitions",
             "kafka_partials_enabled", "kafka_worker_group", "kafka_worker_session_timeout_s",
             "kafka_worker_commit_interval_s", "kafka_worker_idle_timeout_s",
-            "kafka_worker_max_inflight_audio_ms", "kafka_deadline_s", "decode_workers")
+            "kafka_worker_max_inflight_audio_ms", "kafka_deadline_s", "decode_workers",
+            "kafka_topic_analytics", "kafka_topic_clear_transcripts", "redact_entities",
+            "redact_mode")
 
 
 def pipeline_settings(bootstrap: str, partitions: int = 4, **kw: Any) -> Settings:
@@ -39,6 +41,7 @@ def pipeline_settings(bootstrap: str, partitions: int = 4, **kw: Any) -> Setting
         kafka_bootstrap=bootstrap, kafka_topic_audio=f"p-{tag}.audio",
         kafka_topic_transcripts=f"p-{tag}.transcripts", kafka_topic_partials=f"p-{tag}.partials",
         kafka_topic_dead_letters=f"p-{tag}.dead", kafka_audio_partitions=partitions,
+        kafka_topic_analytics=f"p-{tag}.analytics",
         kafka_transcripts_partitions=partitions, kafka_partials_partitions=partitions,
         kafka_worker_group=f"p-{tag}-worker", kafka_worker_session_timeout_s=6.0,
         kafka_worker_commit_interval_s=0.5, kafka_deadline_s=60.0)

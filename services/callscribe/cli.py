@@ -47,8 +47,15 @@ def cmd_transcribe(args: argparse.Namespace, settings: Settings) -> int:
                          max_sentence_silence_ms=args.max_sentence_silence, partials=False)
     runtime = Runtime.create(settings)
     try:
+        analytics = roles = None
+        if args.analytics:
+            from callscribe.analytics.live import CallAnalytics
+
+            analytics = CallAnalytics.from_settings(settings)
+            roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else None
         for text in iter_outputs(runtime, files, opts, args.format, args.audio_format,
-                                 _progress_factory(not args.no_progress), live=args.live):
+                                 _progress_factory(not args.no_progress), live=args.live,
+                                 analytics=analytics, roles=roles):
             print(text, flush=True)
     finally:
         runtime.close()
@@ -102,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep numbers as words (no inverse text normalisation)")
     t.add_argument("--disfluency-removal", action="store_true", help="drop uh, um, 嗯, 呃 ...")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--analytics", action="store_true",
+                   help="print the call analytics (talk, non-talk, interruptions, speed, "
+                        "loudness, polarity, categories; redacted sentences) as JSON, as the "
+                        "Kafka worker's CallSummary has them")
+    t.add_argument("--roles", default=None, metavar="ROLES",
+                   help="with --analytics: role of each channel (default: stereo "
+                        "agent,customer)")
     t.set_defaults(func=cmd_transcribe)
 
     m = sub.add_parser("models", help="install, verify or list speech models")

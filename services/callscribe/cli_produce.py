@@ -52,6 +52,12 @@ def add_produce_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help='hotwords: a JSON list of {"text", "weight", "lang"} or text[:weight] lines')
     p.add_argument("--max-sentence-silence", type=int, default=None, metavar="MS",
                    help="silence that ends a sentence, 200..6000 ms")
+    p.add_argument("--redact", default=None, metavar="TYPES",
+                   help="PII this call redacts, comma separated (CARD, PHONE, EMAIL, IBAN, "
+                        "BANK_ACCOUNT, CN_ID, SSN), all or none; default: the worker's "
+                        "CALLSCRIBE_REDACT_ENTITIES")
+    p.add_argument("--redact-mode", choices=["mask", "drop"], default=None,
+                   help="mask PII with a [TYPE] tag or drop it (default: the worker's)")
     p.add_argument("--deadline", type=float, default=None, metavar="S",
                    help="seconds Kafka may take to acknowledge a chunk (default "
                         "CALLSCRIBE_KAFKA_DEADLINE_S)")
@@ -78,12 +84,23 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
                      for h in load_hotwords(args.vocabulary, args.hotword or ()))
     options = AudioOptions(language_hints=hints, vocabulary_id=args.vocabulary_id,
                            max_sentence_silence_ms=args.max_sentence_silence,
-                           hotwords=hotwords or None)
+                           hotwords=hotwords or None, redaction=_redaction(args))
     if options == AudioOptions():
         options = None
     report = asyncio.run(_produce(args, settings, path, roles, options))
     print(json.dumps(dataclasses.asdict(report)), flush=True)
     return 0
+
+
+def _redaction(args: argparse.Namespace):
+    """``--redact`` / ``--redact-mode`` as the call's ``options.redaction`` (None: unset)."""
+    from callscribe.analytics.redact import parse_entities
+    from callscribe.pipeline.codec import RedactionOption
+
+    if args.redact is None and args.redact_mode is None:
+        return None
+    ents = None if args.redact is None else tuple(sorted(parse_entities(args.redact)))
+    return RedactionOption(entities=ents, mode=args.redact_mode)
 
 
 async def _produce(args: argparse.Namespace, settings: Settings, path: Path, roles, options):

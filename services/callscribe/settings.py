@@ -197,6 +197,30 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=-1, le=65535)
     # --- end kafka -----------------------------------------------------------------------
 
+    # --- analytics (services/callscribe/analytics/) ----------------------------------------
+    #: PII redacted from finals and partials before they leave the worker: comma separated
+    #: CARD, PHONE, EMAIL, IBAN, BANK_ACCOUNT, CN_ID, SSN, or ``all`` / ``none``.  A call's
+    #: ``options.redaction`` (``callscribe produce --redact``) overrides it.
+    redact_entities: str = "all"
+    #: ``mask``: an entity becomes its tag (``[CARD]``); ``drop``: it is removed.
+    redact_mode: Literal["mask", "drop"] = "mask"
+    #: ``callscribe serve`` (standalone): redact finals and partials sent to WebSocket clients
+    #: with the same entities and mode (off: clients get what was said).
+    gateway_redact: bool = False
+    #: Topic for the *unredacted* finals (same records before redaction, keyed by call_id);
+    #: empty: the original text never leaves the worker.  Restrict its ACLs.
+    kafka_topic_clear_transcripts: str = Field(default="",
+                                               pattern=r"^([A-Za-z0-9._-]{1,249})?$")
+    #: Topic of CategoryEvent records (categories of the rules file as they match).
+    kafka_topic_analytics: str = Field(default="callscribe.analytics",
+                                       pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    #: Call characteristics (talk, non-talk, interruptions, speed, loudness, polarity by
+    #: quarter) in the CallSummary.
+    analytics_enabled: bool = True
+    #: Categories: a rules file (JSON or YAML, schemas/category_rules.schema.json); empty:
+    #: no categories.  Read and validated at start.
+    analytics_rules_file: Path | None = None
+
     @field_validator("model_dir")
     @classmethod
     def _model_dir_exists(cls, v: Path | None) -> Path | None:
@@ -204,6 +228,27 @@ class Settings(BaseSettings):
             raise ValueError(f"{v} is not a directory; point it at a CTranslate2 Whisper model "
                              "directory or unset it to use the bundled model")
         return v if v is not None and str(v) else None
+
+    @field_validator("redact_entities")
+    @classmethod
+    def _known_entities(cls, v: str) -> str:
+        from callscribe.analytics.redact import parse_entities
+
+        try:
+            parse_entities(v)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("analytics_rules_file")
+    @classmethod
+    def _rules_file_exists(cls, v: Path | None) -> Path | None:
+        if v is None or not str(v):
+            return None
+        if not v.is_file():
+            raise ValueError(f"{v}: no such rules file (JSON or YAML; unset it for no "
+                             "categories)")
+        return v
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

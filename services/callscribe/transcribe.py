@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
+from callscribe.analytics.characteristics import loudness_update
 from callscribe.asr.engine import RawWord
 from callscribe.audio import open_decoder, sniff_format
 from callscribe.errors import UnsupportedFormat
@@ -85,11 +87,23 @@ def _sentences(words: list[RawWord]) -> list[list[RawWord]]:
     return [s for s in out if s]
 
 
+def _levels(levels: dict | None, pcm: np.ndarray) -> None:
+    """Analytics: each channel's loudness accumulator, and ``levels["samples"]`` per channel."""
+    if levels is None:
+        return
+    for ch in range(pcm.shape[0]):
+        loudness_update(levels.setdefault(ch, [0.0, 0.0, 0.0]), pcm[ch])
+    levels["samples"] = levels.get("samples", 0) + pcm.shape[1]
+
+
 def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
                     audio_format: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
-    """Whole-file transcription: ``(channel, sentence)`` pairs in time order."""
+                    progress: Callable[[int], None] | None = None,
+                    levels: dict | None = None) -> list[tuple[int, FinalSentence]]:
+    """Whole-file transcription: ``(channel, sentence)`` pairs in time order.  ``levels``
+    (analytics) gets each channel's loudness (see :func:`_levels`)."""
     pcm = _read_all(path, _open(runtime, path, opts, audio_format), progress)
+    _levels(levels, pcm)
     engine = runtime.engine
     hook = make_final_hook(opts, runtime.settings, runtime.emotion)
     hints = [h for h in opts.language_hints if h and engine.supported_language(h)]
@@ -138,7 +152,8 @@ def _detect(engine, clip: np.ndarray, hints: list[str]) -> str | None:
 
 def transcribe_live(runtime: Runtime, path: Path, opts: StreamOptions, *,
                     audio_format: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[tuple[int, FinalSentence]]:
+                    progress: Callable[[int], None] | None = None,
+                    levels: dict | None = None) -> list[tuple[int, FinalSentence]]:
     """The finals the live service would send for this audio: ``(channel, sentence)`` pairs
     in time order."""
     decoder = _open(runtime, path, opts, audio_format)
@@ -150,6 +165,7 @@ def transcribe_live(runtime: Runtime, path: Path, opts: StreamOptions, *,
             pcm = pcm[None]
         while len(sessions) < pcm.shape[0]:
             sessions.append(runtime.new_session(opts))
+        _levels(levels, pcm)
         for i in range(0, pcm.shape[1], STEP):
             for ch, session in enumerate(sessions):
                 session.accept_waveform(pcm[ch, i:i + STEP])
@@ -209,11 +225,34 @@ def render(results: list[tuple[int, FinalSentence]], fmt: str, *, file: str | No
 
 
 def iter_outputs(runtime: Runtime, files: list[Path], opts: StreamOptions, fmt: str,
-                 audio_format: str | None, progress_factory, live: bool = False) -> Iterator[str]:
+                 audio_format: str | None, progress_factory, *, live: bool = False,
+                 analytics: Any = None, roles: tuple[str, ...] | None = None) -> Iterator[str]:
+    """One output per file; with ``analytics`` (a CallAnalytics) the JSON analytics document
+    (:func:`callscribe.analytics.offline.analyse_recording`) instead of ``fmt``."""
     run = transcribe_live if live else transcribe_file
     for path in files:
         size = path.stat().st_size
+        levels: dict | None = {} if analytics is not None else None
         with progress_factory(path, size) as bar:
             results = run(runtime, path, opts, audio_format=audio_format,
-                          progress=bar.update if bar else None)
-        yield render(results, fmt, file=str(path) if len(files) > 1 else None)
+                          progress=bar.update if bar else None, levels=levels)
+        if analytics is None:
+            yield render(results, fmt, file=str(path) if len(files) > 1 else None)
+            continue
+        yield json.dumps(analyse_file(results, levels or {}, analytics, roles, runtime,
+                                      str(path)), ensure_ascii=False)
+
+
+def analyse_file(results: list[tuple[int, FinalSentence]], levels: dict, analytics: Any,
+                 roles: tuple[str, ...] | None, runtime: Runtime, file: str) -> dict:
+    from callscribe.analytics.offline import analyse_recording
+    from callscribe.pipeline.producer import default_roles
+
+    n = sum(1 for k in levels if isinstance(k, int)) or 1
+    names = tuple(roles) if roles else default_roles(n)
+    doc = analyse_recording(
+        results, roles=names,
+        duration_ms=int(levels.get("samples", 0)) * 1000 // runtime.engine.sample_rate,
+        levels={k: v for k, v in levels.items() if isinstance(k, int)}, analytics=analytics,
+        engine=runtime.engine.name, model=runtime.engine.model_name)
+    return {"file": file, **doc}

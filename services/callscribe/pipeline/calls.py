@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from callscribe.analytics.characteristics import loudness_update
 from callscribe.audio import open_decoder
 from callscribe.pipeline.codec import AudioChunk
 from callscribe.recognition.events import FinalSentence, Partial
@@ -161,6 +162,16 @@ class ChannelRecord:
     summary: bool = False  # the call's CallSummary is published
     capture_base_ms: int | None = None  # capture time of offset 0 (latency figures)
     updated_at_ms: int = 0  # wall time of the last write (where a takeover looks back from)
+    # analytics accumulators (callscribe.analytics.live): talk segments [[b, e]], word and
+    # character counts, polarity points [[mid_ms, score]], levels [power sum, frames, peak],
+    # first sentence per end-of-call category, live categories [[name, ch, b, e, trigger]]
+    segments: list = field(default_factory=list)
+    words: int = 0
+    chars: int = 0
+    polar: list = field(default_factory=list)
+    loud: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    cat_said: dict = field(default_factory=dict)
+    categories: list = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -275,6 +286,7 @@ class ChannelState:
                 pcm = np.concatenate([np.zeros(gap * MS, np.float32), pcm])
                 start = start - gap
             if len(pcm):
+                loudness_update(self.record.loud, pcm)
                 if self.session is None:
                     self.base_ms, self.base_sid = start, self.record.sid
                     self.session = make_session(self)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import structlog
 from opentelemetry import trace
 
+from callscribe.analytics.live import CallAnalytics, category_event
 from callscribe.errors import CallscribeError
 from callscribe.pipeline.calls import ChannelState, HeldChunk
 from callscribe.pipeline.codec import (Codec, DeadLetter, TranscriptError, TranscriptEvent,
@@ -73,6 +74,12 @@ class Sink(Protocol):
         """Every final of the channel is out; publish the call's summary when it is the
         last channel, and acknowledge the end-of-stream chunks after it."""
 
+    async def publish_clear(self, state: ChannelState, value: bytes) -> None:
+        """An unredacted final to the clear-text topic (only called when one is set)."""
+
+    async def publish_category(self, state: ChannelState, value: bytes) -> None:
+        """A CategoryEvent to the analytics topic; return once delivered."""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -83,8 +90,11 @@ class ChannelProcessor:
 
     def __init__(self, state: ChannelState, sink: Sink, *, executor: Any, codec: Codec,
                  budget: InflightBudget, metrics: WorkerMetrics, engine: str, model: str,
-                 audio_topic: str, partials: bool, runtime: Any = None) -> None:
+                 audio_topic: str, partials: bool, runtime: Any = None,
+                 analytics: CallAnalytics | None = None) -> None:
         self.state = state
+        #: redaction, characteristics, live categories (default: redact every entity type)
+        self.analytics = analytics or CallAnalytics.default()
         self.runtime = runtime  # its ``inflight`` count drives the sessions' load shedding
         self.sink = sink
         self.executor = executor
@@ -190,6 +200,7 @@ class ChannelProcessor:
         st = self.state
         rec = transcript_from_partial(st.call_id, st.channel, st.role, ev, self.engine,
                                       self.model, created_at_ms=now_ms())
+        rec = self.analytics.redact(rec, st.record.options)
         self.partial_sids.add(ev.sentence_id)
         self.sink.publish_partial(st, self.codec.encode(rec))
         self.metrics.partials.add(1)
@@ -204,6 +215,8 @@ class ChannelProcessor:
             await self.sink.save(st)  # nothing to say; only the progress is recorded
             return
         self.partial_sids.discard(ev.sentence_id)
+        clear, event = event, self.analytics.redact(event, rec.options)
+        matches = self.analytics.note_final(rec, clear, event)
         rec.count += 1
         rec.talk_ms += event.end_ms - event.begin_ms
         if event.emotion is not None:
@@ -215,6 +228,11 @@ class ChannelProcessor:
                             "sentence_id": event.sentence_id,
                             "messaging.system": "kafka"}):
             await self._publish(self.codec.encode(event), trace_headers())
+        if self.analytics.clear_topic:
+            await self.sink.publish_clear(st, self.codec.encode(clear))
+        for m in matches:
+            await self.sink.publish_category(st, self.codec.encode(category_event(
+                st.call_id, m, now_ms())))
         self.metrics.finals.add(1)
         if rec.capture_base_ms is not None:
             self.metrics.final_delay.record(max(0, event.created_at_ms

@@ -72,7 +72,8 @@ class _Plain:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
-        kw = {k: v for k, v in d.items() if k not in ("type", "version")}
+        kw = {k: v for k, v in d.items()
+              if not cls.RECORD_TYPE or k not in ("type", "version")}  # nested: a field
         for name, v in kw.items():
             sub, many = cls._NESTED.get(name, (None, False))
             if sub is not None and v is not None:
@@ -98,12 +99,21 @@ class HotwordOption(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class RedactionOption(_Plain):
+    """``AudioOptions.redaction``: this call's PII redaction (None: the worker's setting)."""
+
+    _OMIT = ("entities", "mode")
+    entities: tuple[str, ...] | None = None
+    mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AudioOptions(_Plain):
     """Per-call options, on the first chunk (seq 0) of each channel; None: worker default."""
 
     _OMIT = ("vocabulary_id", "max_sentence_silence_ms", "itn", "disfluency_removal",
-             "partials", "emotion", "context", "hotwords")
-    _NESTED = {"hotwords": (HotwordOption, True)}
+             "partials", "emotion", "context", "hotwords", "redaction")
+    _NESTED = {"hotwords": (HotwordOption, True), "redaction": (RedactionOption, False)}
     language_hints: tuple[str, ...] = ()
     vocabulary_id: str | None = None
     max_sentence_silence_ms: int | None = None
@@ -114,6 +124,8 @@ class AudioOptions(_Plain):
     context: str | None = None
     #: added in place (optional): the vocabulary's hotwords, resolved by the producer
     hotwords: tuple[HotwordOption, ...] | None = None
+    #: added in place (optional): this call's PII redaction (entity types, mode)
+    redaction: RedactionOption | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +148,13 @@ class AudioChunk(_Plain):
 
 @dataclass(frozen=True, slots=True)
 class TranscriptWord(_Plain):
+    _OMIT = ("redacted",)
     begin_ms: int
     end_ms: int
     text: str
     punctuation: str = ""
+    #: added in place (optional): True when the word was redacted PII (text emptied)
+    redacted: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +174,27 @@ class TranscriptError(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class RedactionSpan(_Plain):
+    """One redacted entity: its type and [begin, end) in the redacted text."""
+
+    type: str
+    begin: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptRedaction(_Plain):
+    _NESTED = {"entities": (RedactionSpan, True)}
+    mode: str
+    entities: tuple[RedactionSpan, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TranscriptEvent(_Plain):
     RECORD_TYPE = "transcript_event"
-    _OMIT = ("settled", "created_at_ms", "error")
+    _OMIT = ("settled", "created_at_ms", "error", "redaction")
     _NESTED = {"words": (TranscriptWord, True), "emotion": (TranscriptEmotion, False),
-               "error": (TranscriptError, False)}
+               "error": (TranscriptError, False), "redaction": (TranscriptRedaction, False)}
     call_id: str
     channel: int
     role: str
@@ -183,10 +214,13 @@ class TranscriptEvent(_Plain):
     created_at_ms: int | None = None
     #: added in place (optional): only on an error event (final, no text, no words)
     error: TranscriptError | None = None
+    #: added in place (optional): the PII redacted from text and words
+    redaction: TranscriptRedaction | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSummary(_Plain):
+    _OMIT = ("analytics",)
     channel: int
     role: str
     duration_ms: int
@@ -194,12 +228,14 @@ class ChannelSummary(_Plain):
     silence_ms: int
     sentence_count: int
     polarity: str | None
+    #: added in place (optional): the channel's characteristics (callscribe.analytics)
+    analytics: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CallSummary(_Plain):
     RECORD_TYPE = "call_summary"
-    _OMIT = ("engine", "model", "created_at_ms")
+    _OMIT = ("engine", "model", "created_at_ms", "analytics", "categories")
     _NESTED = {"channels": (ChannelSummary, True)}
     call_id: str
     duration_ms: int
@@ -210,10 +246,37 @@ class CallSummary(_Plain):
     engine: str | None = None
     model: str | None = None
     created_at_ms: int | None = None
+    #: added in place (optional): the call's characteristics and matched categories
+    analytics: dict[str, Any] | None = None
+    categories: tuple[dict[str, Any], ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.idempotency_key:
             object.__setattr__(self, "idempotency_key", f"{self.call_id}:summary")
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryEvent(_Plain):
+    """A rules-file category the call matched (analytics topic); no transcript text."""
+
+    RECORD_TYPE = "category_event"
+    _OMIT = ("sentence_id", "created_at_ms")
+    call_id: str
+    name: str
+    channel: int | None
+    role: str | None
+    begin_ms: int
+    end_ms: int
+    trigger: str
+    idempotency_key: str = ""  # "" -> f"{call_id}:category:{name}:{channel}"
+    sentence_id: int | None = None
+    created_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.idempotency_key:
+            ch = "call" if self.channel is None else self.channel
+            object.__setattr__(self, "idempotency_key",
+                               f"{self.call_id}:category:{self.name}:{ch}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +299,13 @@ class DeadLetter(_Plain):
         return self.source_key
 
 
-Record = AudioChunk | TranscriptEvent | CallSummary | DeadLetter
+#: record types added after version 1 of the schema set: a schema directory without them
+#: still loads (records of such a type are then rejected as an unknown type)
+OPTIONAL_TYPES = frozenset({"category_event"})
+Record = AudioChunk | TranscriptEvent | CallSummary | DeadLetter | CategoryEvent
 RECORD_TYPES: dict[str, type] = {c.RECORD_TYPE: c for c in (AudioChunk, TranscriptEvent,
-                                                             CallSummary, DeadLetter)}
+                                                             CallSummary, DeadLetter,
+                                                             CategoryEvent)}
 
 
 # --- helpers for the worker --------------------------------------------------------------
@@ -330,6 +397,8 @@ class Codec:
         self.schemas: dict[str, dict[str, Any]] = {}
         for name in RECORD_TYPES:
             path = self.schema_dir / f"{name}.schema.json"
+            if name in OPTIONAL_TYPES and not path.exists():
+                continue  # an older schema directory: this codec does not know the type
             try:
                 schema = json.loads(path.read_text(encoding="utf-8"))
                 _Validator.check_schema(schema)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import faust
@@ -32,6 +33,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.serializers import codecs
 
+from callscribe.analytics.live import category_event
 from callscribe.errors import CallscribeError
 from callscribe.pipeline.calls import ChannelRecord, ChannelState, HeldChunk
 from callscribe.pipeline.codec import CallSummary, ChannelSummary, DeadLetter
@@ -49,6 +51,8 @@ MAX_CHANNELS = 8
 LOOK_BACK_MS = 10000
 #: partials waiting for the producer at most (more are dropped)
 MAX_PARTIALS = 1000
+#: the record headers of category events (as the producer's on audio chunks)
+CATEGORY_HEADERS = [("record-type", b"category_event"), ("schema-version", b"1")]
 
 
 def faust_credentials(settings: Settings, bootstrap: str | None) -> Any:
@@ -151,6 +155,8 @@ class KafkaSink:
         self.dead_letters = s.kafka_topic_dead_letters
         self._locks: dict[str, asyncio.Lock] = {}
         self._bg: set[asyncio.Task] = set()
+        #: call -> the CategoryEvents its summary decided (published just before it)
+        self._end_categories: dict[str, list] = {}
 
     @property
     def producer(self) -> ResultsProducer:
@@ -181,6 +187,14 @@ class KafkaSink:
                       headers: list[tuple[str, bytes]] | None = None) -> None:
         await self.producer.send(self.transcripts, value, key=state.call_id.encode(),
                                  headers=headers)
+
+    async def publish_clear(self, state: ChannelState, value: bytes) -> None:
+        await self.producer.send(self.worker.settings.kafka_topic_clear_transcripts, value,
+                                 key=state.call_id.encode())
+
+    async def publish_category(self, state: ChannelState, value: bytes) -> None:
+        await self.producer.send(self.worker.settings.kafka_topic_analytics, value,
+                                 key=state.call_id.encode(), headers=CATEGORY_HEADERS)
 
     def publish_partial(self, state: ChannelState, value: bytes) -> None:
         if not self.worker.settings.kafka_partials_enabled or len(self._bg) >= MAX_PARTIALS:
@@ -264,6 +278,7 @@ class KafkaSink:
             return  # another channel is still running: its end publishes the summary
         if not all(rec.summary for rec, _ in channels.values()):
             summary = self._summary(call, channels)
+            ends = self._end_categories.pop(call, [])  # categories decided at the end
             # resumed from the table: the previous owner may have published it just before
             # it died (before it could note that in the records)
             resumed = any(st is None or st.resumed for _, st in channels.values())
@@ -271,6 +286,10 @@ class KafkaSink:
             if resumed and await self.find_published(call, summary.idempotency_key, since):
                 log.info("call summary was published already", call_id=call)
             else:
+                for ev in ends:  # before the summary, which lists them
+                    await self.producer.send(self.worker.settings.kafka_topic_analytics,
+                                             self.worker.codec.encode(ev), key=call.encode(),
+                                             headers=CATEGORY_HEADERS)
                 await self.producer.send(self.transcripts, self.worker.codec.encode(summary),
                                          key=call.encode())
                 self.worker.metrics.summaries.add(1)
@@ -298,8 +317,15 @@ class KafkaSink:
                 silence_ms=max(0, rec.duration_ms - talk), sentence_count=rec.count,
                 polarity=rec.majority_polarity()))
         reasons = {channels[ch][0].ended for ch in channels}
+        duration = max(p.duration_ms for p in parts)
+        per, whole, now, cats = self.worker.analytics.summarise(
+            {ch: channels[ch][0] for ch in channels}, duration)
+        self._end_categories[call] = [category_event(call, m, int(time.time() * 1000))
+                                      for m in now]
+        if per is not None:
+            parts = [replace(p, analytics=per[p.channel]) for p in parts]
         return CallSummary(
-            call_id=call, duration_ms=max(p.duration_ms for p in parts),
+            call_id=call, duration_ms=duration, analytics=whole, categories=cats,
             sentence_count=sum(p.sentence_count for p in parts), channels=tuple(parts),
             end_reason="idle_timeout" if "idle_timeout" in reasons else "end_of_stream",
             engine=self.worker.engine_name, model=self.worker.model_name,

@@ -44,7 +44,8 @@ class BrokerUnavailable(CallscribeError):
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    #: role of the topic in the pipeline: audio, transcripts, partials, dead_letters
+    #: role of the topic in the pipeline: audio, transcripts, partials, dead_letters,
+    #: analytics, clear_transcripts
     role: str
     name: str
     partitions: int
@@ -66,6 +67,12 @@ def topic_specs(settings: Settings) -> dict[str, TopicSpec]:
     if settings.kafka_partials_enabled:
         specs.insert(2, TopicSpec("partials", settings.kafka_topic_partials,
                                   settings.kafka_partials_partitions, rf))
+    # analytics: category events; unredacted finals only when a topic is named for them
+    specs.append(TopicSpec("analytics", settings.kafka_topic_analytics,
+                           settings.kafka_transcripts_partitions, rf))
+    if settings.kafka_topic_clear_transcripts:
+        specs.append(TopicSpec("clear_transcripts", settings.kafka_topic_clear_transcripts,
+                               settings.kafka_transcripts_partitions, rf))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ConfigurationError(f"CALLSCRIBE_KAFKA_TOPIC_*: two roles share a topic name "

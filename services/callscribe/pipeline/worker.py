@@ -38,6 +38,7 @@ import faust
 import structlog
 from faust.types import TP
 
+from callscribe.analytics.live import CallAnalytics
 from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
                                        chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
@@ -63,6 +64,8 @@ class PipelineWorker:
         self.bootstrap = bootstrap or settings.kafka_bootstrap
         self.audio_topic = settings.kafka_topic_audio
         self.codec = Codec.from_settings(settings)
+        #: PII redaction, characteristics, categories (the rules file is read here)
+        self.analytics = CallAnalytics.from_settings(settings)
         self.metrics = WorkerMetrics()
         self.engine = RetryingEngine(
             runtime.engine, settings.kafka_worker_decode_retries,
@@ -211,7 +214,7 @@ class PipelineWorker:
         proc = ChannelProcessor(
             st, self.sink, executor=self.runtime.executor, codec=self.codec, budget=self.budget,
             metrics=self.metrics, engine=self.engine_name, model=self.model_name,
-            audio_topic=self.audio_topic, runtime=self.runtime,
+            audio_topic=self.audio_topic, runtime=self.runtime, analytics=self.analytics,
             partials=self.settings.kafka_partials_enabled and wants)
         self.channels[key] = proc
         proc.start()

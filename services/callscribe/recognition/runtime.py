@@ -31,6 +31,7 @@ from callscribe.recognition.events import Event, FinalSentence, Partial
 from callscribe.recognition.telemetry import RecognitionTelemetry, StreamClock
 from callscribe.recognition.postprocess import hotword_prompt, make_final_hook
 from callscribe.recognition.session import RecognitionSession, SessionOptions
+from callscribe.analytics.redact import gateway_redactor, redact_session_event
 from callscribe.settings import Settings
 from callscribe.tracing import run_in_context
 
@@ -75,6 +76,8 @@ class Runtime:
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
         self.ready = True
+        #: ``CALLSCRIBE_GATEWAY_REDACT``: PII redacted from what streams send to clients
+        self.redactor = gateway_redactor(settings)
 
     @classmethod
     def create(cls, settings: Settings) -> Runtime:
@@ -268,7 +271,10 @@ class AsyncStream:
     def _process(self, submitted: float) -> list:
         """In a worker thread: note how long the step waited for it, then process."""
         self.runtime.note_wait(time.perf_counter() - submitted)
-        return self.session.process()
+        events = self.session.process()
+        if (red := self.runtime.redactor) is not None:  # before anything reaches a client
+            events = [redact_session_event(red, ev) for ev in events]
+        return events
 
     def _observe(self, processed_before_ms: int, wall_s: float, events: list) -> None:
         tel = self.runtime.telemetry
