@@ -76,15 +76,46 @@ _ABBREVIATIONS = frozenset({"mr.", "mrs.", "ms.", "dr.", "st.", "jr.", "sr.", "p
                             "etc.", "e.g.", "i.e.", "no.", "mt.", "u.s.", "inc.", "ltd."})
 
 
-def _sentences(words: list[RawWord]) -> list[list[RawWord]]:
-    """Words grouped into sentences at sentence-final punctuation."""
+def _sentences(words: list[RawWord], pause_s: float) -> list[list[RawWord]]:
+    """Words grouped into sentences at sentence-final punctuation and at pauses of at least
+    ``pause_s`` (what ends a live sentence too)."""
     out: list[list[RawWord]] = [[]]
     for w in words:
+        if out[-1] and w.start - out[-1][-1].end >= pause_s:
+            out.append([])
         out[-1].append(w)
         t = w.text.strip()
         if t.endswith(_SENTENCE_END) and t.lower() not in _ABBREVIATIONS:
             out.append([])
     return [s for s in out if s]
+
+
+#: clips: speech regions padded by this much, joined when closer than ``_CLIP_JOIN_S``
+_CLIP_PAD_S = 0.3
+_CLIP_JOIN_S = 3.0
+
+
+def _clips(voiced: np.ndarray) -> list[float]:
+    """Where to decode, on the recording's own timeline: the VAD's speech regions, padded and
+    joined across pauses shorter than ``_CLIP_JOIN_S`` (so Whisper hears neighbouring
+    sentences together, silences and all, and its timestamps need no remapping); the long
+    silences between clips are skipped.  Each clip is decoded in 30 s windows, conditioned on
+    the text before it.  Flat, as faster-whisper takes them: start, end, start, end, ..."""
+    from callscribe.asr.vad import FRAME, SAMPLE_RATE
+
+    frame_s = FRAME / SAMPLE_RATE
+    idx = np.flatnonzero(voiced)
+    if not len(idx):
+        return []
+    clips: list[list[float]] = []
+    for i in idx:
+        start, end = i * frame_s - _CLIP_PAD_S, (i + 1) * frame_s + _CLIP_PAD_S
+        if clips and start - clips[-1][1] < _CLIP_JOIN_S:
+            clips[-1][1] = end
+        else:
+            clips.append([max(0.0, start), end])
+    total = len(voiced) * frame_s
+    return [t for a, b in clips for t in (round(a, 3), round(min(b, total), 3))]
 
 
 def _levels(levels: dict | None, pcm: np.ndarray) -> None:
@@ -111,14 +142,21 @@ def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
     rate = engine.sample_rate
     out: list[tuple[int, FinalSentence]] = []
     for ch, audio in enumerate(pcm):
+        voiced = _voiced(runtime, audio)
+        clips = _clips(voiced)
+        if not clips:
+            continue
         segments, info = engine.whisper.transcribe(
             audio, language=fixed, multilingual=fixed is None,
-            beam_size=runtime.settings.final_beam_size, vad_filter=True, word_timestamps=True,
-            condition_on_previous_text=True, initial_prompt=opts.context or None,
+            beam_size=runtime.settings.file_beam_size, clip_timestamps=clips,
+            word_timestamps=True, condition_on_previous_text=True,
+            initial_prompt=opts.context or None,
             hotwords=" ".join(h.text for h in opts.hotwords) or None)
         words = [RawWord(w.start, w.end, w.word, w.probability)
                  for seg in segments for w in (seg.words or ())]
-        for sid, sent in enumerate(_sentences(words), 1):
+        pause_s = (opts.max_sentence_silence_ms or runtime.settings.max_sentence_silence_ms) / 1000
+        for sid, sent in enumerate(_sentences(words, pause_s), 1):
+            sent = _trim_to_speech(sent, voiced)
             begin_ms, end_ms = int(sent[0].start * 1000), int(sent[-1].end * 1000)
             clip = audio[begin_ms * rate // 1000: end_ms * rate // 1000]
             language = fixed or _detect(engine, clip, hints) or info.language
@@ -132,6 +170,40 @@ def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
             out.append((ch, hook(final, clip)))
     out.sort(key=lambda p: (p[1].begin_time, p[0]))
     return out
+
+
+def _voiced(runtime: Runtime, audio: np.ndarray) -> np.ndarray:
+    """Per 32 ms frame: does the service's VAD hear speech?"""
+    from callscribe.asr.vad import VadState
+
+    probs = np.concatenate([runtime.vad.probabilities(VadState(), audio[i:i + 1 << 20])
+                            for i in range(0, len(audio), 1 << 20)] or [np.zeros(0)])
+    return probs >= runtime.settings.vad_threshold
+
+
+def _trim_to_speech(sent: list[RawWord], voiced: np.ndarray) -> list[RawWord]:
+    """Whisper's alignment puts the first word of a segment at the start of its (padded) VAD
+    chunk, up to ~0.7 s before the voice: move a sentence's first word start and last word end
+    onto the voiced frames they contain, so sentence times are where the speech is."""
+    from callscribe.asr.vad import FRAME, SAMPLE_RATE
+
+    frame_s = FRAME / SAMPLE_RATE
+
+    def frames(w: RawWord) -> np.ndarray:
+        a, b = int(w.start / frame_s), int(np.ceil(w.end / frame_s))
+        return np.flatnonzero(voiced[a:b]) + a
+
+    first, last = sent[0], sent[-1]
+    f = frames(first)
+    if len(f):
+        sent = [RawWord(max(first.start, f[0] * frame_s), first.end, first.text,
+                        first.probability)] + sent[1:]
+    last = sent[-1]
+    f = frames(last)
+    if len(f):
+        sent = sent[:-1] + [RawWord(last.start, max(last.start, min(last.end, (f[-1] + 1) * frame_s)),
+                                    last.text, last.probability)]
+    return sent
 
 
 def _script(text: str, language: str | None) -> str:
