@@ -202,10 +202,32 @@ async def test_roles_must_match_channels(kafka_broker: KafkaBroker, stereo_call)
 def test_cli_produce(kafka_broker: KafkaBroker, stereo_call, capsys) -> None:
     from callscribe.cli_produce import add_produce_parser
 
+    from callscribe.cli_topics import add_topics_parser
+
     settings = make_settings(kafka_broker)
     parser = argparse.ArgumentParser(prog="callscribe")
-    add_produce_parser(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_produce_parser(sub)
+    add_topics_parser(sub)
     call_id = f"cli-{uuid.uuid4().hex[:6]}"
+    produce = ["produce", "--call-id", call_id, str(stereo_call[0]),
+               "--bootstrap", kafka_broker.bootstrap]
+    # the producer only checks: a missing topic is an error naming it and the command
+    args = parser.parse_args(produce)
+    with pytest.raises(ConfigurationError) as err:
+        args.func(args, settings)
+    assert settings.kafka_topic_audio in err.value.message
+    assert "callscribe topics create" in err.value.message
+    args = parser.parse_args(["topics", "check", "--bootstrap", kafka_broker.bootstrap])
+    with pytest.raises(ConfigurationError):
+        args.func(args, settings)
+    for action in ("create", "check"):
+        args = parser.parse_args(["topics", action, "--bootstrap", kafka_broker.bootstrap])
+        assert args.func(args, settings) == 0
+        status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert status == {t: "created" if action == "create" else "exists" for t in (
+            settings.kafka_topic_audio, settings.kafka_topic_transcripts,
+            settings.kafka_topic_dead_letters)}
     args = parser.parse_args(["produce", "--call-id", call_id, str(stereo_call[0]),
                               "--channels", ",customer", "--language", "en,de",
                               "--hotword", "Dashwood:5", "--hotword", "滨海新区",

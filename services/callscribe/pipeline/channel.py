@@ -59,8 +59,9 @@ class Sink(Protocol):
     def publish_partial(self, state: ChannelState, value: bytes) -> None:
         """A partial to the partials topic, best effort (not awaited)."""
 
-    async def dead_letter(self, record: DeadLetter) -> None:
-        """To the dead-letter topic; return once delivered."""
+    async def dead_letter(self, record: DeadLetter) -> bool:
+        """To the dead-letter topic; return once delivered (True) or given up (False, logged):
+        never raises."""
 
     async def find_published(self, call_id: str, idempotency_key: str, since_ms: int) -> bool:
         """Whether a result with this key is in the transcripts topic (written after
@@ -101,6 +102,8 @@ class ChannelProcessor:
         self.log = log.bind(call_id=state.call_id, channel=state.channel,
                             partition=state.partition)
         self.task: asyncio.Task | None = None
+        #: monotonic time the worker opened this channel (the oldest-call gauge)
+        self.opened_at = time.monotonic()
         #: loop time of the last chunk, and the idle timer (the worker's)
         self.last_input = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None

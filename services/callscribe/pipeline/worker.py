@@ -38,12 +38,15 @@ import faust
 import structlog
 from faust.types import TP
 
-from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
-                                       chunk_duration_ms)
+from callscribe.errors import ConfigurationError
+from callscribe.pipeline.calls import (ChannelRecord, ChannelState, EndedCalls, HeldChunk,
+                                       OffsetTracker, chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
-from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec, DeadLetter
+from callscribe.pipeline.codec import (AudioChunk, AudioOptions, CallEnded, Codec, DeadLetter,
+                                       KeyMismatch, PartitionMismatch, dead_letter_for)
 from callscribe.pipeline.flow import IdleWatch, InflightBudget, RetryingEngine, WorkerMetrics
-from callscribe.pipeline.publisher import KafkaSink, ResultsProducer, faust_credentials
+from callscribe.pipeline.publisher import (MAX_CHANNELS, KafkaSink, ResultsProducer,
+                                           faust_credentials)
 from callscribe.recognition.session import RecognitionSession
 from callscribe.settings import Settings
 from callscribe.tracing import context_from_headers
@@ -51,6 +54,13 @@ from callscribe.tracing import context_from_headers
 log = structlog.get_logger("callscribe.worker")
 #: at most this long a revocation waits for critical sections, then for its commit
 REVOKE_WAIT_S = 3.0
+
+
+def _show_key(key: bytes | None) -> str:
+    if key is None:
+        return "(none)"
+    text = key[:64].decode("utf-8", "replace")
+    return repr(text + ("..." if len(key) > 64 else ""))
 
 
 class PipelineWorker:
@@ -76,6 +86,8 @@ class PipelineWorker:
         self.idle = IdleWatch(settings.kafka_worker_idle_timeout_s, self._idle_busy,
                               self._close_idle)
         self.trackers: dict[int, OffsetTracker] = {}
+        self.ended = EndedCalls(int(settings.kafka_worker_ended_retention_s * 1000),
+                                settings.kafka_worker_ended_max)
         self.channels: dict[str, ChannelProcessor] = {}
         self.generation = 0
         self.paused: set[TP] = set()
@@ -85,18 +97,25 @@ class PipelineWorker:
         self.producer = ResultsProducer(settings, bootstrap)
         self.sink = KafkaSink(self)
         self.app = self._build_app(partitions)
-        self.metrics.observe(lambda: len(self.paused), lambda: self.budget.total_ms, self._lag)
+        self._chunk_ms = float(settings.kafka_chunk_ms)  # running mean of the chunks' audio
+        self.metrics.observe(self)
 
     # --- the faust app ------------------------------------------------------------------------
     def _build_app(self, partitions: int) -> faust.App:
         s = self.settings
         servers = [b.strip() for b in self.bootstrap.split(",") if b.strip()]
+        try:
+            s.kafka_worker_data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"CALLSCRIBE_KAFKA_WORKER_DATA_DIR: cannot create "
+                                     f"{s.kafka_worker_data_dir}: {exc}") from None
         app = faust.App(
             s.kafka_worker_group, broker=[f"aiokafka://{b}" for b in servers],
             broker_credentials=faust_credentials(s, self.bootstrap),
             broker_client_id=f"{s.kafka_client_id}-worker", store="memory://",
             topic_partitions=partitions, topic_replication_factor=s.kafka_replication_factor,
             consumer_auto_offset_reset="earliest", web_enabled=False,
+            datadir=str(s.kafka_worker_data_dir / f"{s.kafka_worker_group}-data"),
             broker_session_timeout=s.kafka_worker_session_timeout_s,
             broker_heartbeat_interval=max(1.0, s.kafka_worker_session_timeout_s / 5),
             broker_max_poll_records=200, stream_buffer_maxsize=400, stream_wait_empty=False,
@@ -109,6 +128,7 @@ class PipelineWorker:
                                                    value_serializer="json"),
                                help="published sentences per call:channel")
         self.changelog_topic = self.table.changelog_topic_name
+        self.table.on_recover(self._index_ended)
 
         @app.agent(audio, name="audio")
         async def consume(stream: faust.StreamT) -> None:
@@ -118,6 +138,13 @@ class PipelineWorker:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._on_shutdown)
+
+        @app.timer(min(60.0, s.kafka_worker_ended_retention_s / 4))
+        async def sweep() -> None:
+            try:
+                await self.sweep_ended()
+            except Exception as exc:  # the next round sweeps it
+                log.warning("sweep of ended calls failed", error=repr(exc))
 
         @app.timer(self.settings.kafka_worker_commit_interval_s)
         async def commit() -> None:
@@ -142,6 +169,12 @@ class PipelineWorker:
         raw = event.value if isinstance(event.value, bytes) else msg.value
         rec = self.codec.decode_or_dead_letter(raw, key=msg.key, topic=msg.topic, partition=p,
                                                offset=offset, expect=AudioChunk)
+        if not isinstance(rec, DeadLetter) and msg.key != rec.call_id.encode():
+            rec = dead_letter_for(KeyMismatch(
+                f"the record's Kafka key {_show_key(msg.key)} is not its call_id "
+                f"{rec.call_id!r}: key every audio record by its call_id, so that a call's "
+                "records meet in one partition"), raw, key=msg.key, topic=msg.topic,
+                partition=p, offset=offset)
         if isinstance(rec, DeadLetter):
             log.warning("record dead-lettered", partition=p, offset=offset,
                         error_code=rec.error_code, reason=rec.reason, call_id=rec.call_id)
@@ -157,14 +190,70 @@ class PipelineWorker:
                 offset, msg.key, raw, int(time.time() * 1000), "worker", rec.call_id), p, offset))
 
     async def _dead_letter(self, rec: DeadLetter, partition: int, offset: int) -> None:
-        await self.sink.dead_letter(rec)
-        self.metrics.dead_letters.add(1, {"reason": rec.error_code})
-        self.release(partition, [offset])
+        """Write it and acknowledge the record, whether or not the write succeeded (the sink
+        logs a failure with the record's coordinates): a partition's commits never wait on a
+        dead letter the broker will not take."""
+        try:
+            if await self.sink.dead_letter(rec):
+                self.metrics.dead_letters.add(1, {"reason": rec.error_code})
+        finally:
+            self.release(partition, [offset])
+
+    def _reject(self, exc: Exception, chunk: AudioChunk, p: int, offset: int,
+                raw: bytes) -> None:
+        """Dead-letter a readable chunk the worker will not use (key, partition, late)."""
+        dl = dead_letter_for(exc, raw, key=chunk.call_id.encode(), topic=self.audio_topic,
+                             partition=p, offset=offset)
+        log.warning("record dead-lettered", partition=p, offset=offset, error_code=dl.error_code,
+                    reason=dl.reason, call_id=chunk.call_id, channel=chunk.channel,
+                    seq=chunk.seq)
+        self._spawn(self._dead_letter(dl, p, offset))
+
+    def _ended_record(self, call_id: str) -> ChannelRecord | None:
+        """A record of the call if the call is over (its summary published), else None."""
+        for ch in range(MAX_CHANNELS):
+            proc = self.channels.get(f"{call_id}:{ch}")
+            rec = proc.state.record if proc is not None else \
+                ChannelRecord.from_json(self.table.data.get(f"{call_id}:{ch}"))
+            if rec is not None and rec.summary:
+                return rec
+        return None
+
+    def _after_end(self, chunk: AudioChunk, rec: ChannelRecord, p: int, offset: int,
+                   raw: bytes) -> None:
+        """A record for a call that is over never reopens it.  A replay of the call's own
+        records (at or before its last offset: a restart before the commit passed them) is
+        acknowledged; anything newer (a duplicate end_of_stream, a late seq) is dead-lettered.
+        Both are counted as ``after_end``."""
+        self.metrics.chunks.add(1, {"outcome": "after_end"})
+        if offset <= rec.last_offset:
+            self.release(p, [offset])
+            return
+        what = "end_of_stream" if chunk.end_of_stream else f"seq {chunk.seq}"
+        self._reject(CallEnded(
+            f"call {chunk.call_id!r} is over ({rec.ended or 'closed'}); channel "
+            f"{chunk.channel} {what} came after its end (offset {offset})"),
+            chunk, p, offset, raw)
 
     async def _route(self, chunk: AudioChunk, p: int, offset: int, raw: bytes,
                      trace_context: Any = None) -> None:
         key = f"{chunk.call_id}:{chunk.channel}"
-        proc = self.channels.get(key) or self._open(chunk, p)
+        proc = self.channels.get(key)
+        if proc is not None and proc.state.partition != p:
+            return self._wrong_partition(chunk, proc.state.partition, p, offset, raw)
+        if proc is not None and proc.state.input_closed and not (
+                chunk.end_of_stream and not proc.state.record.summary):
+            # over (or summarised): late audio, a duplicate end, a seq after the end; only
+            # an end of stream may still come (held until the summary is out)
+            return self._after_end(chunk, proc.state.record, p, offset, raw)
+        if proc is None:
+            if (ended := self._ended_record(chunk.call_id)) is not None:
+                return self._after_end(chunk, ended, p, offset, raw)
+            for ch in range(MAX_CHANNELS):
+                other = self.channels.get(f"{chunk.call_id}:{ch}")
+                if other is not None and other.state.partition != p:
+                    return self._wrong_partition(chunk, other.state.partition, p, offset, raw)
+            proc = self._open(chunk, p)
         st = proc.state
         if trace_context is not None:
             st.trace_context = trace_context
@@ -173,6 +262,8 @@ class PipelineWorker:
         if self.generation != gen and self.channels.get(key) is not proc or self.stopping:
             return  # the partition went away while waiting: its new owner replays this
         begin = chunk.offset_ms
+        if not chunk.end_of_stream:
+            self._chunk_ms += (chunk_duration_ms(chunk) - self._chunk_ms) / 100
         held = HeldChunk(offset, chunk.seq, begin, begin + chunk_duration_ms(chunk), raw,
                          chunk.end_of_stream)
         if chunk.seq == 0 and chunk.options is not None and st.record.options is None \
@@ -193,6 +284,13 @@ class PipelineWorker:
                 self.release(p, [h.offset])
         self.idle.touch(proc)
         proc.wake()
+
+    def _wrong_partition(self, chunk: AudioChunk, open_on: int, p: int, offset: int,
+                         raw: bytes) -> None:
+        self._reject(PartitionMismatch(
+            f"call {chunk.call_id!r} is open on partition {open_on}, this record came on "
+            f"partition {p}: produce all of a call's records with the same partitioner "
+            "(the key is the call_id)"), chunk, p, offset, raw)
 
     def _open(self, chunk: AudioChunk, p: int) -> ChannelProcessor:
         key = f"{chunk.call_id}:{chunk.channel}"
@@ -311,13 +409,47 @@ class PipelineWorker:
         except Exception:  # not fetched yet, or no consumer
             return None
 
-    def _lag(self) -> dict[int, int]:
+    # --- gauges (read by WorkerMetrics at collection time, on the exporter's thread) -------
+    def paused_count(self) -> int:
+        return len(self.paused)
+
+    def inflight_ms(self) -> int:
+        return self.budget.total_ms
+
+    def fetch_lag(self) -> dict[int, int]:
+        """Records not yet read, by partition (what ``consumer_lag`` always showed)."""
         out = {}
         for p, t in list(self.trackers.items()):
             hw = self._highwater(p)
             if hw is not None and t.received is not None:
                 out[p] = max(0, hw - t.received)
         return out
+
+    def committed_lag(self) -> dict[int, int]:
+        """Records after the group's committed offset, by partition: what KEDA's kafka
+        scaler and ``kafka-consumer-groups --describe`` call LAG."""
+        out = {}
+        for p, t in list(self.trackers.items()):
+            hw = self._highwater(p)
+            base = t.committed if t.committed is not None else t.start
+            if hw is not None and base is not None:
+                out[p] = max(0, hw - base)
+        return out
+
+    def backlog_s(self) -> float:
+        """Audio waiting for this worker: in flight (received, not recognised) plus the
+        records not yet read, at the chunks' mean length."""
+        unread = sum(self.fetch_lag().values())
+        return (self.budget.total_ms + unread * self._chunk_ms) / 1000
+
+    def oldest_call_age_s(self) -> float:
+        now = time.monotonic()
+        ages = [now - proc.opened_at for proc in list(self.channels.values())
+                if not proc.state.finished]
+        return max(ages, default=0.0)
+
+    def sessions_held(self) -> int:
+        return sum(1 for proc in list(self.channels.values()) if not proc.state.finished)
 
     # --- commits, rebalances, shutdown --------------------------------------------------------
     async def commit(self, partitions: set[int]) -> bool:
@@ -351,8 +483,37 @@ class PipelineWorker:
             proc = self.channels.pop(key, None)
             if proc is not None:
                 self.idle.forget(proc)
-            await self.sink.put_record(key, partition, None)
+            rec = proc.state.record if proc is not None else self.sink.get_record(key)
+            if rec is None:
+                continue
+            # the call stays known as ended (late records are dead-lettered) until the
+            # sweep forgets it (kafka_worker_ended_retention_s / _max)
+            retired = rec.retired(partition)
+            await self.sink.put_record(key, partition, retired)
+            self.ended.add(key, partition, retired.updated_at_ms)
         self._retiring[partition] = keep
+
+    async def sweep_ended(self) -> None:
+        """Forget ended calls past the retention or the bound: tombstone their records."""
+        for key, partition in self.ended.due(int(time.time() * 1000)):
+            if partition in self.trackers or TP(self.audio_topic, partition) in \
+                    self.app.consumer.assignment():
+                await self.sink.put_record(key, partition, None)
+
+    async def _index_ended(self) -> None:
+        """After the table's recovery: index the retired records of my partitions (oldest
+        first) so that the sweep forgets them in time; a slice at a time, yielding."""
+        mine = {tp.partition for tp in self.app.consumer.assignment()
+                if tp.topic == self.audio_topic}
+        found = []
+        for i, (key, value) in enumerate(list(self.table.data.items())):
+            rec = ChannelRecord.from_json(value)
+            if rec is not None and rec.summary and rec.partition in mine:
+                found.append((rec.updated_at_ms, key, rec.partition))
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        for at, key, part in sorted(found):
+            self.ended.add(key, part, at)
 
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
         lost = {tp.partition for tp in revoked if tp.topic == self.audio_topic}
@@ -371,6 +532,8 @@ class PipelineWorker:
         mine = {tp.partition for tp in assigned if tp.topic == self.audio_topic}
         for p in [p for p in self.trackers if p not in mine]:
             self._drop_partition(p)
+        for p in self.ended.partitions() - mine:
+            self.ended.forget_partition(p)
         log.info("audio partitions assigned", partitions=sorted(mine))
 
     def _drop_partition(self, p: int) -> None:
