@@ -79,12 +79,13 @@ def stack(rules_broker: KafkaBroker, tmp_path_factory) -> Stack:
                                  kafka_worker_idle_timeout_s=8.0)
     asyncio.run(ensure_topics(None, settings, deadline_s=30))
     logs = tmp_path_factory.mktemp("rules")
-    worker = WorkerProcess(settings, logs / "worker.log").start()
+    stack = Stack(rules_broker, settings, WorkerProcess(settings, logs / "worker.log").start(),
+                  logs)
     try:
-        worker.wait_assigned(90, want=lambda p: len(p) == PARTITIONS)
-        yield Stack(rules_broker, settings, worker, logs)
+        stack.worker.wait_assigned(90, want=lambda p: len(p) == PARTITIONS)
+        yield stack
     finally:
-        worker.stop()
+        stack.worker.stop()  # the current one (a test restarts it)
 
 
 def partition_of(call_id: str) -> int:
@@ -291,6 +292,24 @@ async def test_key_must_be_the_call_id_and_commits_advance_everywhere(stack: Sta
     assert "call_id" in dead[placed[0]].reason and "(none)" in dead[placed[0]].reason
     assert f"open on partition {home}" in dead[placed[3]].reason
     await wait_committed_to_end(stack)
+    # the stock CLI tools (scripts/kafka.sh wrappers over the installed jars) agree: LAG 0
+    out = kafka_tool("consumer-groups", "--bootstrap-server", stack.bootstrap, "--describe",
+                     "--group", s.kafka_worker_group)
+    rows = [line.split() for line in out.splitlines() if s.kafka_topic_audio in line]
+    assert sorted(int(r[2]) for r in rows) == list(range(PARTITIONS)), out
+    assert all(r[5] == "0" for r in rows), out  # GROUP TOPIC PARTITION CURRENT END LAG
+    out = kafka_tool("topics", "--bootstrap-server", stack.bootstrap, "--describe", "--topic",
+                     s.kafka_topic_audio)
+    assert f"PartitionCount: {PARTITIONS}" in out
+
+
+def kafka_tool(*args: str) -> str:
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
+    done = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 # --- 3. a dead letter always fits ------------------------------------------------------------
