@@ -365,3 +365,52 @@ async def test_a_dead_letter_always_fits_and_never_stops_commits(stack: Stack) -
     assert scrape(stack.worker.metrics_url())[
         "callscribe_worker_dead_letter_failures_total"][()] >= 2
     assert stack.worker.alive
+
+
+# --- 4. the lag figures on /metrics ----------------------------------------------------------
+
+
+def gauge(metrics: dict, name: str, labels: tuple = ()) -> float | None:
+    return metrics.get(name, {}).get(labels)
+
+
+async def test_lag_figures_are_on_the_workers_metrics(stack: Stack, speech: bytes) -> None:
+    """~40 s of one call's audio produced at once (no end yet): the worker holds one session,
+    its backlog and in-flight audio rise and the call has an age; after the end every figure
+    goes back to 0 and the committed lag of the call's partition agrees with the broker."""
+    s = stack.settings
+    call = f"lag-{uuid.uuid4().hex[:6]}"
+    p = partition_of(call)
+    records = call_records(call, speech * 12)
+    await produce(stack.bootstrap, s.kafka_topic_audio,
+                  [(call.encode(), v) for v in records[:-1]])
+    url = stack.worker.metrics_url()
+
+    def busy() -> dict | None:
+        m = scrape(url)
+        ok = (gauge(m, "callscribe_worker_sessions") == 1
+              and (gauge(m, "callscribe_worker_backlog_audio_seconds") or 0) > 2
+              and (gauge(m, "callscribe_worker_inflight_audio_seconds") or 0) > 0
+              and (gauge(m, "callscribe_worker_oldest_call_age_seconds") or 0) > 0
+              and (("partition", str(p)),) in m.get("callscribe_worker_committed_lag", {}))
+        return m if ok else None
+
+    m = await asyncio.to_thread(wait_until, busy, 60, "the worker shows the call in flight")
+    # partition labels: the assigned audio partitions only (a closed set)
+    for name in ("callscribe_worker_committed_lag", "callscribe_worker_consumer_lag"):
+        assert {dict(k)["partition"] for k in m[name]} <= {str(i) for i in range(PARTITIONS)}
+    await produce(stack.bootstrap, s.kafka_topic_audio, [(call.encode(), records[-1])])
+    await read_results(stack.bootstrap, [s.kafka_topic_transcripts], has_summaries(call),
+                       timeout=120)
+    await wait_committed_to_end(stack)
+
+    def idle() -> dict | None:
+        m = scrape(url)
+        ok = (gauge(m, "callscribe_worker_sessions") == 0
+              and gauge(m, "callscribe_worker_backlog_audio_seconds") == 0
+              and gauge(m, "callscribe_worker_inflight_audio_seconds") == 0
+              and gauge(m, "callscribe_worker_oldest_call_age_seconds") == 0
+              and gauge(m, "callscribe_worker_committed_lag", (("partition", str(p)),)) == 0)
+        return m if ok else None
+
+    await asyncio.to_thread(wait_until, idle, 30, "every figure back to 0 after the call")
