@@ -335,7 +335,8 @@ def test_a_foreign_record_type_is_wrong_type_even_when_invalid() -> None:
 def test_a_dead_letter_is_cut_to_fit_with_its_digest() -> None:
     import hashlib
 
-    from callscribe.pipeline.codec import fit_dead_letter, get_codec
+    from callscribe.pipeline.codec import get_codec
+    from callscribe.pipeline.dead_letters import fit_dead_letter
 
     value = bytes(range(256)) * 4000  # ~1 MB
     dl = DeadLetter(error_code="SchemaViolation", reason="too big", source_topic="a",

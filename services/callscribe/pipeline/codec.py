@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,26 +45,6 @@ class CodecError(CallscribeError):
         reason = reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 3] + "..."
         super().__init__(reason, code=code)
         self.reason = reason
-
-
-class KeyMismatch(CallscribeError):
-    """An audio record whose Kafka key is not its call_id (or that has no key): the calls'
-    records would not meet in one partition."""
-
-    code = "KeyMismatch"
-
-
-class PartitionMismatch(CallscribeError):
-    """An audio record of a call that is open on another partition (a producer that picks
-    partitions by hand): a call's records must all be in one partition."""
-
-    code = "PartitionMismatch"
-
-
-class CallEnded(CallscribeError):
-    """An audio record for a call that ended (its summary is out): late or duplicate."""
-
-    code = "CallEnded"
 
 
 # --- records -----------------------------------------------------------------------------
@@ -259,35 +239,6 @@ class DeadLetter(_Plain):
     def key(self) -> bytes | None:
         return self.source_key
 
-
-#: a Kafka record batch's own overhead (headers, lengths, CRC), with room to spare
-_BATCH_OVERHEAD = 1024
-_KEY_MAX = 16384
-
-
-def fit_dead_letter(record: DeadLetter, max_bytes: int, *, value_bytes: int | None = None
-                    ) -> DeadLetter:
-    """The dead letter cut to fit in a Kafka record of ``max_bytes`` (its value plus its key,
-    the original key): a longer original value is truncated (to ``value_bytes`` when given)
-    and its sha256 and size kept; the source topic, partition, offset and key (at most
-    16 KiB of it) always stay."""
-    import hashlib
-
-    value, key = record.source_value, record.source_key
-    if key is not None and len(key) > _KEY_MAX:
-        record = replace(record, source_key=key[:_KEY_MAX])
-        key = record.source_key
-    note = " [value truncated; sha256 and size of the original kept]"
-    shell = replace(record, source_value=b"", reason=record.reason[: 4000 - len(note)] + note,
-                    source_value_sha256="0" * 64, source_value_size=len(value))
-    fixed = len(msgpack.packb(shell.to_dict(), use_bin_type=True)) + len(key or b"")
-    room = max(0, max_bytes - fixed - _BATCH_OVERHEAD - 8)  # 8: the bin's length header
-    if value_bytes is not None:
-        room = min(room, value_bytes)
-    if len(value) <= room:
-        return record
-    return replace(shell, source_value=value[:room],
-                   source_value_sha256=hashlib.sha256(value).hexdigest())
 
 
 Record = AudioChunk | TranscriptEvent | CallSummary | DeadLetter

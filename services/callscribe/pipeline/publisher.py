@@ -35,7 +35,8 @@ from faust.serializers import codecs
 
 from callscribe.errors import CallscribeError
 from callscribe.pipeline.calls import ChannelRecord, ChannelState, HeldChunk
-from callscribe.pipeline.codec import CallSummary, ChannelSummary, DeadLetter, fit_dead_letter
+from callscribe.pipeline.codec import CallSummary, ChannelSummary, DeadLetter
+from callscribe.pipeline.dead_letters import fit_dead_letter
 from callscribe.pipeline.topics import (MAX_BACKOFF_S, BrokerUnavailable, client_kwargs,
                                         close_quietly, describe_bootstrap, is_retriable,
                                         mark_seen)

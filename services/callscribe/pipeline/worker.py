@@ -39,12 +39,14 @@ import structlog
 from faust.types import TP
 
 from callscribe.errors import ConfigurationError
-from callscribe.pipeline.calls import (ChannelRecord, ChannelState, EndedCalls, HeldChunk,
-                                       OffsetTracker, chunk_duration_ms)
+from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
+                                       chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
-from callscribe.pipeline.codec import (AudioChunk, AudioOptions, CallEnded, Codec, DeadLetter,
-                                       KeyMismatch, PartitionMismatch, dead_letter_for)
+from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec, DeadLetter, dead_letter_for
+from callscribe.pipeline.dead_letters import KeyMismatch, PartitionMismatch
+from callscribe.pipeline.ended import EndedCallKeeper
 from callscribe.pipeline.flow import IdleWatch, InflightBudget, RetryingEngine, WorkerMetrics
+from callscribe.pipeline.gauges import WorkerGauges
 from callscribe.pipeline.publisher import (MAX_CHANNELS, KafkaSink, ResultsProducer,
                                            faust_credentials)
 from callscribe.recognition.session import RecognitionSession
@@ -86,8 +88,6 @@ class PipelineWorker:
         self.idle = IdleWatch(settings.kafka_worker_idle_timeout_s, self._idle_busy,
                               self._close_idle)
         self.trackers: dict[int, OffsetTracker] = {}
-        self.ended = EndedCalls(int(settings.kafka_worker_ended_retention_s * 1000),
-                                settings.kafka_worker_ended_max)
         self.channels: dict[str, ChannelProcessor] = {}
         self.generation = 0
         self.paused: set[TP] = set()
@@ -97,8 +97,9 @@ class PipelineWorker:
         self.producer = ResultsProducer(settings, bootstrap)
         self.sink = KafkaSink(self)
         self.app = self._build_app(partitions)
-        self._chunk_ms = float(settings.kafka_chunk_ms)  # running mean of the chunks' audio
-        self.metrics.observe(self)
+        self.chunk_ms = float(settings.kafka_chunk_ms)  # running mean of the chunks' audio
+        self.ended = EndedCallKeeper(self)  # after the app: it reads the table
+        self.metrics.observe(WorkerGauges(self))
 
     # --- the faust app ------------------------------------------------------------------------
     def _build_app(self, partitions: int) -> faust.App:
@@ -128,7 +129,7 @@ class PipelineWorker:
                                                    value_serializer="json"),
                                help="published sentences per call:channel")
         self.changelog_topic = self.table.changelog_topic_name
-        self.table.on_recover(self._index_ended)
+        self.table.on_recover(lambda: self.ended.on_recovered())
 
         @app.agent(audio, name="audio")
         async def consume(stream: faust.StreamT) -> None:
@@ -142,7 +143,7 @@ class PipelineWorker:
         @app.timer(min(60.0, s.kafka_worker_ended_retention_s / 4))
         async def sweep() -> None:
             try:
-                await self.sweep_ended()
+                await self.ended.sweep()
             except Exception as exc:  # the next round sweeps it
                 log.warning("sweep of ended calls failed", error=repr(exc))
 
@@ -199,7 +200,7 @@ class PipelineWorker:
         finally:
             self.release(partition, [offset])
 
-    def _reject(self, exc: Exception, chunk: AudioChunk, p: int, offset: int,
+    def reject(self, exc: Exception, chunk: AudioChunk, p: int, offset: int,
                 raw: bytes) -> None:
         """Dead-letter a readable chunk the worker will not use (key, partition, late)."""
         dl = dead_letter_for(exc, raw, key=chunk.call_id.encode(), topic=self.audio_topic,
@@ -208,32 +209,6 @@ class PipelineWorker:
                     reason=dl.reason, call_id=chunk.call_id, channel=chunk.channel,
                     seq=chunk.seq)
         self._spawn(self._dead_letter(dl, p, offset))
-
-    def _ended_record(self, call_id: str) -> ChannelRecord | None:
-        """A record of the call if the call is over (its summary published), else None."""
-        for ch in range(MAX_CHANNELS):
-            proc = self.channels.get(f"{call_id}:{ch}")
-            rec = proc.state.record if proc is not None else \
-                ChannelRecord.from_json(self.table.data.get(f"{call_id}:{ch}"))
-            if rec is not None and rec.summary:
-                return rec
-        return None
-
-    def _after_end(self, chunk: AudioChunk, rec: ChannelRecord, p: int, offset: int,
-                   raw: bytes) -> None:
-        """A record for a call that is over never reopens it.  A replay of the call's own
-        records (at or before its last offset: a restart before the commit passed them) is
-        acknowledged; anything newer (a duplicate end_of_stream, a late seq) is dead-lettered.
-        Both are counted as ``after_end``."""
-        self.metrics.chunks.add(1, {"outcome": "after_end"})
-        if offset <= rec.last_offset:
-            self.release(p, [offset])
-            return
-        what = "end_of_stream" if chunk.end_of_stream else f"seq {chunk.seq}"
-        self._reject(CallEnded(
-            f"call {chunk.call_id!r} is over ({rec.ended or 'closed'}); channel "
-            f"{chunk.channel} {what} came after its end (offset {offset})"),
-            chunk, p, offset, raw)
 
     async def _route(self, chunk: AudioChunk, p: int, offset: int, raw: bytes,
                      trace_context: Any = None) -> None:
@@ -245,10 +220,10 @@ class PipelineWorker:
                 chunk.end_of_stream and not proc.state.record.summary):
             # over (or summarised): late audio, a duplicate end, a seq after the end; only
             # an end of stream may still come (held until the summary is out)
-            return self._after_end(chunk, proc.state.record, p, offset, raw)
+            return self.ended.after_end(chunk, proc.state.record, p, offset, raw)
         if proc is None:
-            if (ended := self._ended_record(chunk.call_id)) is not None:
-                return self._after_end(chunk, ended, p, offset, raw)
+            if (ended := self.ended.record_of(chunk.call_id)) is not None:
+                return self.ended.after_end(chunk, ended, p, offset, raw)
             for ch in range(MAX_CHANNELS):
                 other = self.channels.get(f"{chunk.call_id}:{ch}")
                 if other is not None and other.state.partition != p:
@@ -263,7 +238,7 @@ class PipelineWorker:
             return  # the partition went away while waiting: its new owner replays this
         begin = chunk.offset_ms
         if not chunk.end_of_stream:
-            self._chunk_ms += (chunk_duration_ms(chunk) - self._chunk_ms) / 100
+            self.chunk_ms += (chunk_duration_ms(chunk) - self.chunk_ms) / 100
         held = HeldChunk(offset, chunk.seq, begin, begin + chunk_duration_ms(chunk), raw,
                          chunk.end_of_stream)
         if chunk.seq == 0 and chunk.options is not None and st.record.options is None \
@@ -287,7 +262,7 @@ class PipelineWorker:
 
     def _wrong_partition(self, chunk: AudioChunk, open_on: int, p: int, offset: int,
                          raw: bytes) -> None:
-        self._reject(PartitionMismatch(
+        self.reject(PartitionMismatch(
             f"call {chunk.call_id!r} is open on partition {open_on}, this record came on "
             f"partition {p}: produce all of a call's records with the same partitioner "
             "(the key is the call_id)"), chunk, p, offset, raw)
@@ -402,55 +377,6 @@ class PipelineWorker:
             if proc.state.session is not None:
                 proc.state.session.partials_enabled = on
 
-    def _highwater(self, partition: int) -> int | None:
-        """The partition's end as of the last fetch (for the lag gauge)."""
-        try:
-            return int(self.app.consumer.highwater(TP(self.audio_topic, partition)))
-        except Exception:  # not fetched yet, or no consumer
-            return None
-
-    # --- gauges (read by WorkerMetrics at collection time, on the exporter's thread) -------
-    def paused_count(self) -> int:
-        return len(self.paused)
-
-    def inflight_ms(self) -> int:
-        return self.budget.total_ms
-
-    def fetch_lag(self) -> dict[int, int]:
-        """Records not yet read, by partition (what ``consumer_lag`` always showed)."""
-        out = {}
-        for p, t in list(self.trackers.items()):
-            hw = self._highwater(p)
-            if hw is not None and t.received is not None:
-                out[p] = max(0, hw - t.received)
-        return out
-
-    def committed_lag(self) -> dict[int, int]:
-        """Records after the group's committed offset, by partition: what KEDA's kafka
-        scaler and ``kafka-consumer-groups --describe`` call LAG."""
-        out = {}
-        for p, t in list(self.trackers.items()):
-            hw = self._highwater(p)
-            base = t.committed if t.committed is not None else t.start
-            if hw is not None and base is not None:
-                out[p] = max(0, hw - base)
-        return out
-
-    def backlog_s(self) -> float:
-        """Audio waiting for this worker: in flight (received, not recognised) plus the
-        records not yet read, at the chunks' mean length."""
-        unread = sum(self.fetch_lag().values())
-        return (self.budget.total_ms + unread * self._chunk_ms) / 1000
-
-    def oldest_call_age_s(self) -> float:
-        now = time.monotonic()
-        ages = [now - proc.opened_at for proc in list(self.channels.values())
-                if not proc.state.finished]
-        return max(ages, default=0.0)
-
-    def sessions_held(self) -> int:
-        return sum(1 for proc in list(self.channels.values()) if not proc.state.finished)
-
     # --- commits, rebalances, shutdown --------------------------------------------------------
     async def commit(self, partitions: set[int]) -> bool:
         offsets: dict[TP, int] = {}
@@ -487,33 +413,9 @@ class PipelineWorker:
             if rec is None:
                 continue
             # the call stays known as ended (late records are dead-lettered) until the
-            # sweep forgets it (kafka_worker_ended_retention_s / _max)
-            retired = rec.retired(partition)
-            await self.sink.put_record(key, partition, retired)
-            self.ended.add(key, partition, retired.updated_at_ms)
+            # sweep forgets it (kafka_worker_ended_retention_s / _max; pipeline/ended.py)
+            await self.ended.retire(key, partition, rec)
         self._retiring[partition] = keep
-
-    async def sweep_ended(self) -> None:
-        """Forget ended calls past the retention or the bound: tombstone their records."""
-        for key, partition in self.ended.due(int(time.time() * 1000)):
-            if partition in self.trackers or TP(self.audio_topic, partition) in \
-                    self.app.consumer.assignment():
-                await self.sink.put_record(key, partition, None)
-
-    async def _index_ended(self) -> None:
-        """After the table's recovery: index the retired records of my partitions (oldest
-        first) so that the sweep forgets them in time; a slice at a time, yielding."""
-        mine = {tp.partition for tp in self.app.consumer.assignment()
-                if tp.topic == self.audio_topic}
-        found = []
-        for i, (key, value) in enumerate(list(self.table.data.items())):
-            rec = ChannelRecord.from_json(value)
-            if rec is not None and rec.summary and rec.partition in mine:
-                found.append((rec.updated_at_ms, key, rec.partition))
-            if i % 1000 == 999:
-                await asyncio.sleep(0)
-        for at, key, part in sorted(found):
-            self.ended.add(key, part, at)
 
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
         lost = {tp.partition for tp in revoked if tp.topic == self.audio_topic}
@@ -532,8 +434,7 @@ class PipelineWorker:
         mine = {tp.partition for tp in assigned if tp.topic == self.audio_topic}
         for p in [p for p in self.trackers if p not in mine]:
             self._drop_partition(p)
-        for p in self.ended.partitions() - mine:
-            self.ended.forget_partition(p)
+        self.ended.forget_partitions(mine)
         log.info("audio partitions assigned", partitions=sorted(mine))
 
     def _drop_partition(self, p: int) -> None:
