@@ -1,6 +1,6 @@
 """N concurrent real-time calls on ONE pipeline worker: the lag figures over time.
 
-    .venv/bin/python bench/kafka_lag.py                    # 8 calls, a local broker (scripts/kafka.sh)
+    .venv/bin/python bench/kafka_lag.py                    # 8 calls, a local broker
     .venv/bin/python bench/kafka_lag.py --clients 4 --file call.wav --bootstrap 127.0.0.1:9092
 
 Starts a broker (unless --bootstrap), runs ``callscribe topics create`` and one

@@ -174,6 +174,10 @@ def test_a_fresh_start_is_quiet_and_only_checks_topics(stack: Stack, tmp_path: P
              if e.get("level") == "error" or e.get("level") == "warning" and any(
                  t in e.get("event", "") for t in ("Coordinator", "coordinator", "NotLeader"))]
     assert not noisy, noisy
+    # faust's data directory is under the configured data dir, not the working directory
+    group = stack.settings.kafka_worker_group
+    assert (stack.settings.kafka_worker_data_dir / f"{group}-data").is_dir()
+    assert not (Path.cwd() / f"{group}-data").exists()
     missing = pipeline_settings(stack.bootstrap, partitions=PARTITIONS)
     w = WorkerProcess(missing, tmp_path / "missing.log").start()
     assert w.proc.wait(120) == 2

@@ -264,12 +264,13 @@ class ChannelProcessor:
         self.log.error("recognition failed; chunks dead-lettered", error_code=code,
                        error=message, chunks=len(chunks), begin_ms=begin, end_ms=end)
         for h in chunks:
-            await self.sink.dead_letter(DeadLetter(
+            written = await self.sink.dead_letter(DeadLetter(
                 error_code=code, reason=reason, source_topic=self.audio_topic,
                 source_partition=st.partition, source_offset=h.offset,
                 source_key=st.call_id.encode(), source_value=h.value, failed_at_ms=now_ms(),
                 component="worker", call_id=st.call_id))
-            self.metrics.dead_letters.add(1, {"reason": code})
+            if written is not False:  # False: refused by the broker (logged by the sink)
+                self.metrics.dead_letters.add(1, {"reason": code})
         rec.sid += 1
         rec.end_ms = max(rec.end_ms, end)
         event = TranscriptEvent(

@@ -7,8 +7,9 @@ collection time (on the Prometheus exporter's thread: reads only, of copies).
   of records per live channel): an alert figure for stuck commits, not a scaling figure.
 - ``fetch_lag`` (exported as ``consumer_lag``): records not yet read.
 - ``backlog_s``: audio waiting for this worker, in flight (received, not recognised) plus the
-  unread records at the chunks' mean length.  About a second per live call while the worker
-  keeps up; it grows only when recognition falls behind: the autoscaling figure.
+  unread records at the chunks' mean length.  One decode step of audio per live call while
+  the worker keeps up; it grows without bound only when recognition falls behind: the
+  autoscaling figure.
 - ``oldest_call_age_s``, ``sessions_held``: the unfinished (call, channel)s held.
 """
 
@@ -31,9 +32,11 @@ class WorkerGauges:
         """The partition's end as of the last fetch."""
         w = self.worker
         try:
-            return int(w.app.consumer.highwater(TP(w.audio_topic, partition)))
+            hw = int(w.app.consumer.highwater(TP(w.audio_topic, partition)))
         except Exception:  # not fetched yet, or no consumer
-            return None
+            hw = None
+        end = w.paused_ends.get(partition)  # a paused partition's fetch position is stale
+        return hw if end is None else max(end, hw or 0)
 
     def paused_count(self) -> int:
         return len(self.worker.paused)

@@ -91,6 +91,8 @@ class PipelineWorker:
         self.channels: dict[str, ChannelProcessor] = {}
         self.generation = 0
         self.paused: set[TP] = set()
+        #: the broker's end of each paused partition (refreshed every 5 s while paused)
+        self.paused_ends: dict[int, int] = {}
         self.stopping = False
         self._retiring: dict[int, list[tuple[int, str]]] = {}
         self._bg: set[asyncio.Task] = set()
@@ -147,6 +149,19 @@ class PipelineWorker:
             except Exception as exc:  # the next round sweeps it
                 log.warning("sweep of ended calls failed", error=repr(exc))
 
+        @app.timer(5.0)
+        async def paused_ends() -> None:
+            """A paused partition is not fetched, so its highwater goes stale: ask the broker
+            for its end (the lag and backlog gauges read it)."""
+            if not self.paused:
+                return
+            try:
+                ends = await asyncio.wait_for(self.app.consumer.highwaters(*self.paused), 10)
+            except Exception as exc:  # the next round asks again
+                log.info("could not read the paused partitions' ends", error=repr(exc))
+                return
+            self.paused_ends = {tp.partition: int(n) for tp, n in ends.items()}
+
         @app.timer(self.settings.kafka_worker_commit_interval_s)
         async def commit() -> None:
             try:
@@ -201,7 +216,7 @@ class PipelineWorker:
             self.release(partition, [offset])
 
     def reject(self, exc: Exception, chunk: AudioChunk, p: int, offset: int,
-                raw: bytes) -> None:
+               raw: bytes) -> None:
         """Dead-letter a readable chunk the worker will not use (key, partition, late)."""
         dl = dead_letter_for(exc, raw, key=chunk.call_id.encode(), topic=self.audio_topic,
                              partition=p, offset=offset)
@@ -353,6 +368,7 @@ class PipelineWorker:
                         partitions=sorted(tp.partition for tp in self.paused))
         else:
             tps, self.paused = self.paused, set()
+            self.paused_ends = {}
             self._spawn(self._resume(tps))
 
     async def _resume(self, tps: set[TP]) -> None:
