@@ -397,3 +397,36 @@ def test_client_kwargs_checks_security_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="share a topic name"):
         topic_specs(load_settings(kafka_topic_partials="callscribe.audio"))
     assert "partials" not in topic_specs(load_settings(kafka_partials_enabled=False))
+
+
+async def test_record_timestamp_is_the_produce_time_not_the_capture_time(
+        kafka_broker: KafkaBroker) -> None:
+    """The worker's produce -> worker hop reads the record's Kafka timestamp: it must be when
+    the record was produced (the client's clock at send), whatever ``capture_time_ms`` says
+    (``produce --realtime`` stamps the first sample, ~100 ms before the chunk exists)."""
+    settings = make_settings(kafka_broker)
+    await ensure_topics(None, settings)
+    call_id = f"ts-{uuid.uuid4().hex[:6]}"
+    before = int(time.time() * 1000)
+    async with AudioProducer(settings) as producer:
+        await producer.send(AudioChunk(
+            call_id=call_id, channel=0, role="agent", seq=0, capture_time_ms=1_000,
+            offset_ms=0, format="pcm", sample_rate=16000, payload=b"\0\0" * 1600,
+            end_of_stream=True))
+        await producer.flush()
+    after = int(time.time() * 1000)
+    consumer = AIOKafkaConsumer(settings.kafka_topic_audio,
+                                bootstrap_servers=kafka_broker.bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        got = []
+        end = time.monotonic() + 30
+        while not got:
+            assert time.monotonic() < end, "the record did not arrive"
+            got = [r for rs in (await consumer.getmany(timeout_ms=500)).values() for r in rs]
+    finally:
+        await consumer.stop()
+    (r,) = got
+    assert decode(r.value, AudioChunk).capture_time_ms == 1_000
+    assert before <= r.timestamp <= after
