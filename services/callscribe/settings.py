@@ -105,13 +105,14 @@ class Settings(BaseSettings):
     #: Topic of partial (final=false) TranscriptEvent records for live views, keyed by call_id.
     kafka_topic_partials: str = Field(default="callscribe.partials",
                                       pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    #: Whether partials are published (and their topic created by ``ensure_topics``).
+    #: Whether partials are published (and their topic made by ``callscribe topics create``).
     kafka_partials_enabled: bool = True
     #: Topic of DeadLetter records: input that could not be decoded, with the reason.
     kafka_topic_dead_letters: str = Field(default="callscribe.dead-letters",
                                           pattern=r"^[A-Za-z0-9._-]{1,249}$")
     #: Partitions of the audio topic: the upper bound on worker parallelism.  Changing it on a
-    #: live topic moves calls between partitions; ``ensure_topics`` never alters a topic.
+    #: live topic moves calls between partitions; ``callscribe topics create`` never alters a
+    #: topic.
     kafka_audio_partitions: int = Field(default=12, ge=1, le=10000)
     #: Partitions of the transcripts topic (same as audio keeps a call's input and output
     #: co-partitioned).
@@ -120,8 +121,8 @@ class Settings(BaseSettings):
     kafka_partials_partitions: int = Field(default=12, ge=1, le=10000)
     #: Partitions of the dead-letter topic.
     kafka_dead_letters_partitions: int = Field(default=1, ge=1, le=10000)
-    #: Replication factor of topics ``ensure_topics`` creates (1 for a single broker; 3 in
-    #: production).
+    #: Replication factor of the topics ``callscribe topics create`` makes (1 for a single
+    #: broker; 3 in production).
     kafka_replication_factor: int = Field(default=1, ge=1, le=32)
     #: Retention of the audio topic (ms): long enough to replay a worker's backlog.
     kafka_audio_retention_ms: int = Field(default=24 * 3600 * 1000, ge=60000)

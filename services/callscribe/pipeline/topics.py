@@ -1,4 +1,5 @@
-"""Kafka topics of the pipeline, client connection settings, and ``ensure_topics``.
+"""Kafka topics of the pipeline, client connection settings, ``ensure_topics`` (only
+``callscribe topics create`` calls it) and ``check_topics`` (what everything else calls).
 
 Topics (names and partition counts are settings, ``CALLSCRIBE_KAFKA_*``):
 
