@@ -184,6 +184,14 @@ def test_a_fresh_start_is_quiet_and_only_checks_topics(stack: Stack, tmp_path: P
     text = w.log_path.read_text()
     assert missing.kafka_topic_audio in text and "callscribe topics create" in text
     w.stop()
+    # serve --kafka only checks too
+    from callscribe.pipeline.kafka_stream import KafkaPipeline
+    from callscribe.pipeline.topics import TopicsMissing
+
+    with pytest.raises(TopicsMissing) as err:
+        asyncio.run(KafkaPipeline(missing).start())
+    assert missing.kafka_topic_transcripts in err.value.message
+    assert "callscribe topics create" in err.value.message
     assert not asyncio.run(topic_exists(stack.bootstrap, missing.kafka_topic_audio))
 
 

@@ -10,6 +10,13 @@ RecognitionSession; a :class:`~callscribe.pipeline.channel.ChannelProcessor` tas
 runs the decodes in the runtime's thread pool and publishes finals, partials and, through
 :class:`~callscribe.pipeline.publisher.KafkaSink`, the call's summary.
 
+What a record must be: an AudioChunk (else a dead letter with the codec's reason) whose Kafka
+key is its call_id (``KeyMismatch``), on the partition its call is open on
+(``PartitionMismatch``), for a call that is not over (``CallEnded``, see
+:mod:`~callscribe.pipeline.ended`).  A dead-lettered record is acknowledged once its dead letter
+is written or given up (:meth:`KafkaSink.dead_letter` never raises), so no partition's commits
+wait on it.
+
 Acknowledging and committing: a chunk is acknowledged once every sentence that overlaps its
 audio is final and published (the session's safe point); every
 ``kafka_worker_commit_interval_s`` each partition's first unacknowledged offset is committed.
