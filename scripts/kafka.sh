@@ -9,7 +9,18 @@
 #   scripts/kafka.sh status  [--dir DIR]              exit 0 when running, 3 when not
 #   scripts/kafka.sh clean   [--dir DIR]              stop and delete DIR (all topics and data)
 #   scripts/kafka.sh logs    [--dir DIR] [-n LINES]   tail of the broker log
-#   scripts/kafka.sh topics  [--dir DIR] ARGS...      run TopicCommand against the broker
+#
+# The stock Kafka CLI tools, from the same jars (the jars-only install has no kafka-*.sh):
+#   scripts/kafka.sh topics           [--dir DIR] ARGS...   kafka-topics.sh           (TopicCommand)
+#   scripts/kafka.sh consumer-groups  [--dir DIR] ARGS...   kafka-consumer-groups.sh  (ConsumerGroupCommand)
+#   scripts/kafka.sh console-consumer [--dir DIR] ARGS...   kafka-console-consumer.sh
+#   scripts/kafka.sh console-producer [--dir DIR] ARGS...   kafka-console-producer.sh
+#   scripts/kafka.sh get-offsets      [--dir DIR] ARGS...   kafka-get-offsets.sh      (GetOffsetShell)
+#   scripts/kafka.sh configs          [--dir DIR] ARGS...   kafka-configs.sh          (ConfigCommand)
+# They talk to the broker of DIR unless ARGS name one (--bootstrap-server HOST:PORT, any
+# cluster), e.g.
+#   scripts/kafka.sh consumer-groups --describe --group callscribe-worker
+#   scripts/kafka.sh topics --bootstrap-server kafka:9092 --describe --topic callscribe.audio
 #
 # `start` prints exactly one line on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:PORT` (progress goes to
 # stderr), so `eval "$(scripts/kafka.sh start)"` works.
@@ -459,14 +470,33 @@ cmd_clean() {
     fi
 }
 
-cmd_topics() {
-    local dir="$1"; shift
-    load_state "$dir"
-    [[ -n "$STATE_PORT" ]] || die "no broker state in $dir"
+tool_class() {
+    case "$1" in
+        topics) echo org.apache.kafka.tools.TopicCommand ;;
+        consumer-groups) echo org.apache.kafka.tools.consumer.group.ConsumerGroupCommand ;;
+        console-consumer) echo org.apache.kafka.tools.consumer.ConsoleConsumer ;;
+        console-producer) echo org.apache.kafka.tools.ConsoleProducer ;;
+        get-offsets) echo org.apache.kafka.tools.GetOffsetShell ;;
+        configs) echo kafka.admin.ConfigCommand ;;
+        *) return 1 ;;
+    esac
+}
+
+cmd_tool() {  # a stock CLI tool; --bootstrap-server of DIR's broker unless ARGS give one
+    local tool="$1" dir="$2"; shift 2
+    local cls; cls="$(tool_class "$tool")"
     is_installed || die "not installed; run: $0 install"
-    # shellcheck disable=SC2086
-    java -Xmx256m -Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
-        -cp "$LIBS/*" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$STATE_PORT" "$@"
+    local bootstrap=() a logcfg=()
+    for a in "$@"; do [[ "$a" == --bootstrap-server* ]] && bootstrap=(--skip); done
+    if [[ ${#bootstrap[@]} -eq 0 ]]; then
+        load_state "$dir"
+        [[ -n "$STATE_PORT" ]] || die "no broker state in $dir (or pass --bootstrap-server HOST:PORT)"
+        bootstrap=(--bootstrap-server "127.0.0.1:$STATE_PORT")
+    else
+        bootstrap=()
+    fi
+    [[ -f "$dir/log4j2.properties" ]] && logcfg=(-Dlog4j2.configurationFile="$dir/log4j2.properties" -Dkafka.logs.dir="$dir/logs")
+    java -Xmx256m "${logcfg[@]}" -cp "$LIBS/*" "$cls" "${bootstrap[@]}" "$@"
 }
 
 # ---- main --------------------------------------------------------------------------------------
@@ -486,7 +516,7 @@ main() {
             *) rest+=("$1"); shift ;;
         esac
     done
-    if [[ "$cmd" != "topics" && ${#rest[@]} -gt 0 ]]; then
+    if ! tool_class "$cmd" >/dev/null && [[ ${#rest[@]} -gt 0 ]]; then
         die "unknown argument(s): ${rest[*]}"
     fi
     case "$cmd" in
@@ -497,7 +527,8 @@ main() {
         status) cmd_status "$dir" ;;
         clean) cmd_clean "$dir" ;;
         logs) [[ -d "$dir" ]] && log_tail "$(cd "$dir" && pwd -P)" "$lines" ;;
-        topics) cmd_topics "$dir" "${rest[@]}" ;;
+        topics|consumer-groups|console-consumer|console-producer|get-offsets|configs)
+            cmd_tool "$cmd" "$dir" "${rest[@]}" ;;
         version) echo "$KAFKA_VERSION" ;;
         -h|--help|help) usage 0 ;;
         *) log "unknown command: $cmd"; usage ;;

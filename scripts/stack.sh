@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Kafka pipeline on one machine: a broker, pipeline worker(s) and the gateway over Kafka.
 #
-#   scripts/stack.sh up       broker (scripts/kafka.sh) + `callscribe worker` + `callscribe serve --kafka`
+#   scripts/stack.sh up       broker (scripts/kafka.sh) + `callscribe topics create` + `callscribe worker` + `callscribe serve --kafka`
 #   scripts/stack.sh down     stop the gateway and the workers (SIGTERM, then SIGKILL after 30 s), then the broker
 #   scripts/stack.sh status   what is running (exit 0 when all of it is)
 #   scripts/stack.sh logs     tail of the worker and gateway logs
@@ -83,6 +83,8 @@ up() {
     bootstrap="${out#KAFKA_BOOTSTRAP=}"
     export CALLSCRIBE_KAFKA_BOOTSTRAP="$bootstrap"
     cmd="$(bin)"
+    # the one place that creates the pipeline's topics; the worker and the gateway only check
+    "$cmd" topics create >"$DIR/topics.log" 2>&1 || die "callscribe topics create failed: $(tail -n 5 "$DIR/topics.log")"
     for i in $(seq 1 "$WORKERS"); do
         start_bg "worker$i" "$cmd" worker --metrics-port $((MPORT + i - 1))
     done

@@ -104,6 +104,19 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker got no partitions in {timeout} s:\n{self.tail()}")
 
+    def metrics_url(self, timeout: float = 60) -> str:
+        """The URL of its /metrics (logged at start: the port is chosen by the OS)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = [e["metrics"] for e in self.events()
+                   if e.get("event") == "worker starting" and e.get("metrics")]
+            if got:
+                return got[-1]
+            if not self.alive:
+                raise AssertionError(f"worker exited:\n{self.tail()}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker logged no metrics URL in {timeout} s:\n{self.tail()}")
+
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
@@ -165,3 +178,32 @@ def has_summaries(*call_ids: str) -> Callable[[list[tuple[str, Any]]], bool]:
         seen = {r.call_id for _, r, *_ in records if isinstance(r, CallSummary)}
         return all(c in seen for c in call_ids)
     return done
+
+
+def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Prometheus text from ``url``: {metric name: {sorted label pairs: value}}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items()
+                                  if not k.startswith("otel_")))
+            out.setdefault(sample.name, {})[labels] = sample.value
+    return out
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
+    """Call ``check`` until it returns something true (returned) or the deadline (failing
+    with ``what`` and the last value): a condition with a deadline, not a sleep."""
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not true after {timeout} s (last: {last!r})")

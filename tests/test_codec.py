@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -318,6 +319,42 @@ def test_wrong_record_type() -> None:
         decode(encode(transcript()), AudioChunk)
     assert info.value.code == "WrongRecordType"
     assert "expected a audio_chunk record, got transcript_event" in info.value.reason
+
+
+def test_a_foreign_record_type_is_wrong_type_even_when_invalid() -> None:
+    """A transcript_event built by hand (not valid as one either) on the audio topic is a
+    record of the wrong type, not a schema violation of an audio chunk."""
+    data = msgpack.packb({"type": "transcript_event", "version": 1, "call_id": "c1",
+                          "text": "hello"})
+    with pytest.raises(CodecError) as info:
+        decode(data, AudioChunk)
+    assert info.value.code == "WrongRecordType"
+    assert "got transcript_event" in info.value.reason
+
+
+def test_a_dead_letter_is_cut_to_fit_with_its_digest() -> None:
+    import hashlib
+
+    from callscribe.pipeline.codec import get_codec
+    from callscribe.pipeline.dead_letters import fit_dead_letter
+
+    value = bytes(range(256)) * 4000  # ~1 MB
+    dl = DeadLetter(error_code="SchemaViolation", reason="too big", source_topic="a",
+                    source_partition=3, source_offset=42, source_key=b"k" * 20000,
+                    source_value=value, failed_at_ms=1, component="worker", call_id="c")
+    fit = fit_dead_letter(dl, 1048576)
+    encoded = get_codec().encode(fit)
+    assert len(encoded) + len(fit.key) < 1048576 - 1000
+    assert fit.source_value == value[:len(fit.source_value)] and 0 < len(fit.source_value)
+    assert fit.source_value_sha256 == hashlib.sha256(value).hexdigest()
+    assert fit.source_value_size == len(value)
+    assert (fit.source_topic, fit.source_partition, fit.source_offset) == ("a", 3, 42)
+    assert fit.source_key == b"k" * 16384 and "truncated" in fit.reason
+    assert decode(encoded) == fit
+    bare = fit_dead_letter(dl, 1048576, value_bytes=0)
+    assert bare.source_value == b"" and bare.source_value_size == len(value)
+    small = replace(dl, source_key=b"k", source_value=b"abc")
+    assert fit_dead_letter(small, 1048576) == small  # nothing to cut: unchanged, no digest
 
 
 def test_random_bytes_never_raise_anything_but_codec_error() -> None:

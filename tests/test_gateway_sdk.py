@@ -85,7 +85,9 @@ def server(request, loop_thread, tmp_path_factory):
 
         from callscribe.pipeline.kafka_stream import KafkaPipeline
         broker = request.getfixturevalue("kafka_sdk_broker")
+        from callscribe.pipeline.topics import ensure_topics
         settings = pipeline_settings(broker.bootstrap, partitions=2, **keys)
+        loop_thread.run(ensure_topics(None, settings))  # `callscribe topics create`
         runtime = KafkaPipeline(settings)
         loop_thread.run(runtime.start())
         worker = WorkerProcess(settings, tmp_path_factory.mktemp("worker") / "worker.log")

@@ -36,6 +36,7 @@ HPA_SET = ["worker.enabled=true", "kafka.bootstrapServers=kafka.kafka:9092"]
 INLINE_SET = HPA_SET + ["kafka.securityProtocol=SASL_SSL", "kafka.sasl.username=scribe",
                         "kafka.sasl.password=s3cret", "kafka.tls.ca=-----BEGIN CERTIFICATE-----",
                         "worker.autoscaling.keda.enabled=true",
+                        "worker.autoscaling.keda.serverAddress=http://prometheus:9090",
                         "apiKeys.keys[0]=key-0123456789abcdef"]
 GATEWAY_KAFKA_SET = ["gateway.kafka.enabled=true", "kafka.bootstrapServers=kafka.kafka:9093",
                      "kafka.securityProtocol=SASL_SSL", "kafka.sasl.existingSecret=kafka-user",
@@ -360,10 +361,19 @@ def test_worker_with_cpu_hpa_bounded_by_partitions(hpa: list[dict]) -> None:
                                            "name": dep["metadata"]["name"]}
     partitions = int(configmap(hpa)["CALLSCRIBE_KAFKA_AUDIO_PARTITIONS"])
     assert h["spec"]["maxReplicas"] == partitions == 12
+    # the default figure: the workers' backlog (grows only when they fall behind), a Pods
+    # metric the worker exports under that very name
     (metric,) = h["spec"]["metrics"]
-    assert metric["resource"]["name"] == "cpu"
-    assert metric["resource"]["target"]["averageUtilization"] == 70
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "callscribe_worker_backlog_audio_seconds"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "30"}
     assert h["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    # faust's data dir is on the writable data volume; topics are created by an init container
+    assert env_of(c)["CALLSCRIBE_KAFKA_WORKER_DATA_DIR"]["value"] == "/var/lib/callscribe/worker"
+    assert any(m["mountPath"] == "/var/lib/callscribe" for m in c["volumeMounts"])
+    (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert init["args"] == ["topics", "create"] and init["image"] == c["image"]
+    assert init["securityContext"] == c["securityContext"]
     # worker probes and metrics port
     metrics_port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
     assert env_of(c)["CALLSCRIBE_METRICS_PORT"]["value"] == str(metrics_port)
@@ -376,15 +386,25 @@ def test_worker_with_cpu_hpa_bounded_by_partitions(hpa: list[dict]) -> None:
     assert configmap(hpa)["CALLSCRIBE_KAFKA_BOOTSTRAP"] == "kafka.kafka:9092"
 
 
+def test_worker_hpa_on_cpu_and_topics_made_elsewhere(helm: str) -> None:
+    docs = render(helm, sets=HPA_SET + ["worker.autoscaling.metric=cpu",
+                                        "kafka.topics.create=false"])
+    (metric,) = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["averageUtilization"] == 70
+    assert "initContainers" not in deployment(docs, "worker")["spec"]["template"]["spec"]
+
+
 def test_max_replicas_follows_the_partition_count(helm: str) -> None:
     docs = render(helm, sets=HPA_SET + ["kafka.topics.audio.partitions=7"])
     assert one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] == 7
     docs = render(helm, sets=HPA_SET + ["kafka.topics.audio.partitions=7",
-                                        "worker.autoscaling.keda.enabled=true"])
+                                        "worker.autoscaling.keda.enabled=true",
+                                        "worker.autoscaling.keda.serverAddress=http://p:9090"])
     assert one(docs, "ScaledObject")["spec"]["maxReplicaCount"] == 7
 
 
-def test_worker_with_keda_on_consumer_lag(production: list[dict]) -> None:
+def test_worker_with_keda_on_the_backlog(production: list[dict]) -> None:
     values = production_values()
     assert not kinds(production, "HorizontalPodAutoscaler"), "KEDA makes its own HPA"
     so = one(production, "ScaledObject", "worker")
@@ -396,21 +416,22 @@ def test_worker_with_keda_on_consumer_lag(production: list[dict]) -> None:
     assert so["spec"]["minReplicaCount"] == values["worker"]["autoscaling"]["minReplicas"]
     (trigger,) = so["spec"]["triggers"]
     meta = trigger["metadata"]
-    data = configmap(production)
-    assert trigger["type"] == "kafka"
-    assert meta["bootstrapServers"] == values["kafka"]["bootstrapServers"] == data["CALLSCRIBE_KAFKA_BOOTSTRAP"]
-    assert meta["topic"] == data["CALLSCRIBE_KAFKA_TOPIC_AUDIO"]
-    # the group KEDA measures is the one the workers join
-    assert meta["consumerGroup"] == data["CALLSCRIBE_KAFKA_WORKER_GROUP"]
-    assert int(meta["lagThreshold"]) == values["worker"]["autoscaling"]["keda"]["lagThreshold"]
-    assert meta["allowIdleConsumers"] == "false"
-    assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
-    auth = one(production, "TriggerAuthentication", "worker")
-    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
-    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
-    assert refs == {"username": ("callscribe-kafka-user", "username"),
-                    "password": ("callscribe-kafka-user", "password"),
-                    "ca": ("kafka-cluster-ca", "ca.crt")}
+    keda = values["worker"]["autoscaling"]["keda"]
+    # not the group's committed lag (held back by open sentences): the workers' backlog,
+    # summed over the release's worker Service, per replica
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert meta["serverAddress"] == keda["serverAddress"]
+    svc = one(production, "Service", "worker")["metadata"]["name"]
+    assert meta["query"] == ('sum(callscribe_worker_backlog_audio_seconds{namespace="callscribe",'
+                             f'service="{svc}"}})')
+    assert int(meta["threshold"]) == keda["backlogThreshold"] == 30
+    assert int(meta["activationThreshold"]) == keda["activationBacklogThreshold"]
+    assert not kinds(production, "TriggerAuthentication")
+
+
+def test_keda_needs_a_prometheus(helm: str) -> None:
+    msg = render_fails(helm, HPA_SET + ["worker.autoscaling.keda.enabled=true"])
+    assert "worker.autoscaling.keda.serverAddress" in msg
 
 
 # --- secrets -----------------------------------------------------------------------------------
@@ -454,7 +475,11 @@ def test_inline_credentials_are_rendered_into_secrets(inline: list[dict]) -> Non
     env = env_of(container(deployment(inline, "worker")))
     assert env["CALLSCRIBE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == \
         f"{RELEASE}-callscribe-kafka-sasl"
-    assert "authenticationRef" in one(inline, "ScaledObject")["spec"]["triggers"][0]
+    # KEDA asks Prometheus, not the brokers: no Kafka credentials for it; the topics init
+    # container gets them like the worker
+    assert "authenticationRef" not in one(inline, "ScaledObject")["spec"]["triggers"][0]
+    init = deployment(inline, "worker")["spec"]["template"]["spec"]["initContainers"][0]
+    assert env_of(init)["CALLSCRIBE_KAFKA_SASL_PASSWORD"] == env["CALLSCRIBE_KAFKA_SASL_PASSWORD"]
 
 
 def test_gateway_in_kafka_mode_gets_the_kafka_credentials(gateway_kafka: list[dict],

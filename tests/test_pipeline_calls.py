@@ -18,8 +18,8 @@ import pytest
 from audiogen import espeak_wav, have_tools, silence
 
 from callscribe.errors import EngineError
-from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
-                                       ReorderBuffer, chunk_duration_ms)
+from callscribe.pipeline.calls import (ChannelRecord, ChannelState, EndedCalls, HeldChunk,
+                                       OffsetTracker, ReorderBuffer, chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
 from callscribe.pipeline.codec import AudioChunk, Codec, TranscriptEvent
 from callscribe.pipeline.flow import InflightBudget, RetryingEngine, WorkerMetrics
@@ -66,6 +66,22 @@ def test_offset_tracker_commits_only_contiguous_done_offsets() -> None:
     assert not t.register(11)  # a redelivery after a re-seek
     t.done(14)
     assert t.position() == 15 and t.outstanding == 0
+
+
+def test_ended_calls_are_forgotten_by_age_then_by_count() -> None:
+    ended = EndedCalls(retention_ms=1000, max_entries=3)
+    for key, part, at in (("a:0", 0, 100), ("b:0", 1, 200), ("c:0", 0, 300)):
+        ended.add(key, part, at)
+    ended.add("a:0", 0, 999)  # already known: keeps its first time
+    assert ended.due(1000) == [] and len(ended) == 3
+    assert ended.due(1150) == [("a:0", 0)]  # older than the retention
+    for key, part, at in (("d:0", 1, 1200), ("e:0", 0, 1210), ("f:0", 1, 1220)):
+        ended.add(key, part, at)
+    # five, more than 3: the oldest go although they are younger than the retention
+    assert ended.due(1150) == [("b:0", 1), ("c:0", 0)]
+    assert ended.partitions() == {0, 1}
+    ended.forget_partition(1)
+    assert ended.due(10_000) == [("e:0", 0)] and len(ended) == 0
 
 
 async def test_inflight_budget_degrades_partials_first_then_pauses() -> None:

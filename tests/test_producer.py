@@ -202,10 +202,32 @@ async def test_roles_must_match_channels(kafka_broker: KafkaBroker, stereo_call)
 def test_cli_produce(kafka_broker: KafkaBroker, stereo_call, capsys) -> None:
     from callscribe.cli_produce import add_produce_parser
 
+    from callscribe.cli_topics import add_topics_parser
+
     settings = make_settings(kafka_broker)
     parser = argparse.ArgumentParser(prog="callscribe")
-    add_produce_parser(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_produce_parser(sub)
+    add_topics_parser(sub)
     call_id = f"cli-{uuid.uuid4().hex[:6]}"
+    produce = ["produce", "--call-id", call_id, str(stereo_call[0]),
+               "--bootstrap", kafka_broker.bootstrap]
+    # the producer only checks: a missing topic is an error naming it and the command
+    args = parser.parse_args(produce)
+    with pytest.raises(ConfigurationError) as err:
+        args.func(args, settings)
+    assert settings.kafka_topic_audio in err.value.message
+    assert "callscribe topics create" in err.value.message
+    args = parser.parse_args(["topics", "check", "--bootstrap", kafka_broker.bootstrap])
+    with pytest.raises(ConfigurationError):
+        args.func(args, settings)
+    for action in ("create", "check"):
+        args = parser.parse_args(["topics", action, "--bootstrap", kafka_broker.bootstrap])
+        assert args.func(args, settings) == 0
+        status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert status == {t: "created" if action == "create" else "exists" for t in (
+            settings.kafka_topic_audio, settings.kafka_topic_transcripts,
+            settings.kafka_topic_dead_letters)}
     args = parser.parse_args(["produce", "--call-id", call_id, str(stereo_call[0]),
                               "--channels", ",customer", "--language", "en,de",
                               "--hotword", "Dashwood:5", "--hotword", "滨海新区",
@@ -375,3 +397,36 @@ def test_client_kwargs_checks_security_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="share a topic name"):
         topic_specs(load_settings(kafka_topic_partials="callscribe.audio"))
     assert "partials" not in topic_specs(load_settings(kafka_partials_enabled=False))
+
+
+async def test_record_timestamp_is_the_produce_time_not_the_capture_time(
+        kafka_broker: KafkaBroker) -> None:
+    """The worker's produce -> worker hop reads the record's Kafka timestamp: it must be when
+    the record was produced (the client's clock at send), whatever ``capture_time_ms`` says
+    (``produce --realtime`` stamps the first sample, ~100 ms before the chunk exists)."""
+    settings = make_settings(kafka_broker)
+    await ensure_topics(None, settings)
+    call_id = f"ts-{uuid.uuid4().hex[:6]}"
+    before = int(time.time() * 1000)
+    async with AudioProducer(settings) as producer:
+        await producer.send(AudioChunk(
+            call_id=call_id, channel=0, role="agent", seq=0, capture_time_ms=1_000,
+            offset_ms=0, format="pcm", sample_rate=16000, payload=b"\0\0" * 1600,
+            end_of_stream=True))
+        await producer.flush()
+    after = int(time.time() * 1000)
+    consumer = AIOKafkaConsumer(settings.kafka_topic_audio,
+                                bootstrap_servers=kafka_broker.bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+    try:
+        got = []
+        end = time.monotonic() + 30
+        while not got:
+            assert time.monotonic() < end, "the record did not arrive"
+            got = [r for rs in (await consumer.getmany(timeout_ms=500)).values() for r in rs]
+    finally:
+        await consumer.stop()
+    (r,) = got
+    assert decode(r.value, AudioChunk).capture_time_ms == 1_000
+    assert before <= r.timestamp <= after

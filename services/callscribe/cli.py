@@ -126,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     from callscribe.cli_bench import add_bench_parser
     from callscribe.cli_produce import add_produce_parser
     from callscribe.cli_serve import add_serve_parser
+    from callscribe.cli_topics import add_topics_parser
     from callscribe.cli_worker import add_worker_parser  # the Kafka pipeline worker
 
     add_serve_parser(sub)
     add_produce_parser(sub)
     add_worker_parser(sub)
+    add_topics_parser(sub)
     add_bench_parser(sub)
     return p
 

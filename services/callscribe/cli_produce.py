@@ -4,8 +4,8 @@
     callscribe produce --call-id C123 call.mp3 --realtime            # at the speed of speech
     callscribe produce --call-id C123 stereo.wav --channels agent,customer --language en
 
-Each channel of the file is its own stream (never mixed); the topics are created first when
-missing.  Prints one JSON line (what was sent) on success; exit status 2 with a message on an
+Each channel of the file is its own stream (never mixed).  The audio topic must exist
+(``callscribe topics create``).  Prints one JSON line (what was sent) on success; exit status 2 with a message on an
 error, e.g. when the broker did not answer within the deadline.
 """
 
@@ -61,8 +61,7 @@ def add_produce_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--deadline", type=float, default=None, metavar="S",
                    help="seconds Kafka may take to acknowledge a chunk (default "
                         "CALLSCRIBE_KAFKA_DEADLINE_S)")
-    p.add_argument("--no-create-topics", action="store_true",
-                   help="do not create missing topics (they must exist)")
+    p.add_argument("--no-create-topics", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_produce)
     return p
 
@@ -105,14 +104,13 @@ def _redaction(args: argparse.Namespace):
 
 async def _produce(args: argparse.Namespace, settings: Settings, path: Path, roles, options):
     from callscribe.pipeline.producer import AudioProducer, produce_file
-    from callscribe.pipeline.topics import ensure_topics
+    from callscribe.pipeline.topics import check_topics
 
     if args.deadline is not None:
         settings = settings.model_copy(update={"kafka_deadline_s": args.deadline})
     if args.topic:
         settings = settings.model_copy(update={"kafka_topic_audio": args.topic})
-    if not args.no_create_topics:
-        await ensure_topics(args.bootstrap, settings)
+    await check_topics(args.bootstrap, settings, roles=("audio",))
     async with AudioProducer(settings, bootstrap=args.bootstrap) as producer:
         return await produce_file(path, args.call_id, roles, args.realtime, settings=settings,
                                   audio_format=args.audio_format, sample_rate=args.sample_rate,

@@ -53,7 +53,9 @@ def _default_runtime(settings: Settings) -> Any:
 
 async def _kafka_runtime(settings: Settings, bootstrap: str) -> Any:
     from callscribe.pipeline.kafka_stream import KafkaPipeline
+    from callscribe.pipeline.topics import lower_transient_kafka_errors
 
+    lower_transient_kafka_errors()
     pipeline = KafkaPipeline(settings, bootstrap)
     await pipeline.start()
     return pipeline

@@ -6,7 +6,8 @@
 Run as many as the audio topic has partitions; they share the consumer group
 ``CALLSCRIBE_KAFKA_WORKER_GROUP`` and split the calls.  Finals and call summaries go to the
 transcripts topic, partials to the partials topic, unreadable records to the dead-letter
-topic.  Missing topics are created first.  SIGTERM (or SIGINT) commits what is safe and
+topic.  The topics must exist (``callscribe topics create``; the worker only checks and
+stops with a message naming the missing one).  SIGTERM (or SIGINT) commits what is safe and
 stops; SIGKILL loses nothing either: another worker replays from the last commit.
 """
 
@@ -36,8 +37,7 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "any free port; -1: none)")
     p.add_argument("--metrics-host", default=None,
                    help="address of /metrics (default CALLSCRIBE_HOST, 127.0.0.1)")
-    p.add_argument("--no-create-topics", action="store_true",
-                   help="do not create missing topics (they must exist)")
+    p.add_argument("--no-create-topics", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run_worker)
     return p
 
@@ -56,13 +56,13 @@ def start_metrics_server(settings: Settings, host: str, port: int) -> int | None
     return int(server.server_address[1])
 
 
-async def _partitions(settings: Settings, bootstrap: str | None, create: bool) -> int:
-    """Create the topics (unless told not to); the audio topic's real partition count."""
+async def _partitions(settings: Settings, bootstrap: str | None) -> int:
+    """Check the topics exist (TopicsMissing otherwise); the audio topic's partition count."""
     from callscribe.pipeline.kafka_stream import topic_partitions
-    from callscribe.pipeline.topics import ensure_topics
+    from callscribe.pipeline.topics import check_topics, wait_for_group_coordinator
 
-    if create:
-        await ensure_topics(bootstrap, settings)
+    await check_topics(bootstrap, settings)
+    await wait_for_group_coordinator(bootstrap, settings, settings.kafka_worker_group)
     topic = settings.kafka_topic_audio
     return (await topic_partitions(settings, bootstrap, [topic]))[topic]
 
@@ -78,13 +78,16 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         updates["kafka_worker_group"] = args.group
     if updates:
         settings = settings.model_copy(update=updates)
+    from callscribe.pipeline.topics import lower_transient_kafka_errors
+
+    lower_transient_kafka_errors()
     host = args.metrics_host or settings.host
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     bound = start_metrics_server(settings, host, port)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     partitions = loop.run_until_complete(
-        _partitions(settings, args.bootstrap, not args.no_create_topics))
+        _partitions(settings, args.bootstrap))
     runtime = Runtime.create(settings)
     worker = PipelineWorker(settings, runtime, partitions=partitions, bootstrap=args.bootstrap)
     loop.run_until_complete(worker.producer.start())

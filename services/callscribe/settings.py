@@ -114,13 +114,14 @@ class Settings(BaseSettings):
     #: Topic of partial (final=false) TranscriptEvent records for live views, keyed by call_id.
     kafka_topic_partials: str = Field(default="callscribe.partials",
                                       pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    #: Whether partials are published (and their topic created by ``ensure_topics``).
+    #: Whether partials are published (and their topic made by ``callscribe topics create``).
     kafka_partials_enabled: bool = True
     #: Topic of DeadLetter records: input that could not be decoded, with the reason.
     kafka_topic_dead_letters: str = Field(default="callscribe.dead-letters",
                                           pattern=r"^[A-Za-z0-9._-]{1,249}$")
     #: Partitions of the audio topic: the upper bound on worker parallelism.  Changing it on a
-    #: live topic moves calls between partitions; ``ensure_topics`` never alters a topic.
+    #: live topic moves calls between partitions; ``callscribe topics create`` never alters a
+    #: topic.
     kafka_audio_partitions: int = Field(default=12, ge=1, le=10000)
     #: Partitions of the transcripts topic (same as audio keeps a call's input and output
     #: co-partitioned).
@@ -129,8 +130,8 @@ class Settings(BaseSettings):
     kafka_partials_partitions: int = Field(default=12, ge=1, le=10000)
     #: Partitions of the dead-letter topic.
     kafka_dead_letters_partitions: int = Field(default=1, ge=1, le=10000)
-    #: Replication factor of topics ``ensure_topics`` creates (1 for a single broker; 3 in
-    #: production).
+    #: Replication factor of the topics ``callscribe topics create`` makes (1 for a single
+    #: broker; 3 in production).
     kafka_replication_factor: int = Field(default=1, ge=1, le=32)
     #: Retention of the audio topic (ms): long enough to replay a worker's backlog.
     kafka_audio_retention_ms: int = Field(default=24 * 3600 * 1000, ge=60000)
@@ -197,6 +198,24 @@ class Settings(BaseSettings):
     #: ``serve --kafka``: seconds the gateway waits, after a task's input ended, for the
     #: workers to finish the call (its CallSummary) before the task fails.
     kafka_result_timeout_s: float = Field(default=120.0, gt=0.0, le=86400.0)
+    #: How long (s) a worker remembers a call that ended (its summary is out): a late or
+    #: duplicate record for it in that time is dead-lettered (``CallEnded``), never a new
+    #: call.  The memory is the worker table (a small record per channel, moved with the
+    #: partition); past this age, or past ``kafka_worker_ended_max`` channels, the oldest go
+    #: and a record for such a call would open it again (a new call with the same call_id).
+    #: Default: the audio topic's default retention, so no replay can outlive it.
+    kafka_worker_ended_retention_s: float = Field(default=86400.0, ge=60.0, le=30 * 86400.0)
+    #: The most ended channels one worker remembers (~1 kB each in memory); beyond it the
+    #: oldest are forgotten first (see ``kafka_worker_ended_retention_s``).
+    kafka_worker_ended_max: int = Field(default=50000, ge=100, le=10000000)
+    #: The largest record the brokers take (bytes): the topics' ``max.message.bytes``
+    #: (broker default 1048588).  A dead letter is cut to fit under it: the original value is
+    #: truncated and its sha256 and size kept, with its topic, partition, offset and key.
+    kafka_max_message_bytes: int = Field(default=1048576, ge=16384, le=100 * 1048576)
+    #: The worker's local state directory (faust's data dir, ``<dir>/<group>-data``); nothing
+    #: in it needs to survive a restart (the table's store is in memory).
+    kafka_worker_data_dir: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "worker")
     #: Port of the worker's Prometheus ``/metrics`` (0: any free port, logged; -1: none).
     metrics_port: int = Field(default=9464, ge=-1, le=65535)
     # --- end kafka -----------------------------------------------------------------------

@@ -35,6 +35,10 @@ def target(mode: str, settings: Settings, *, kafka: str | None = None) -> Iterat
 
             bootstrap = kafka or stack.enter_context(_local_broker())
             metrics_port = _free_port()
+            # the one place that creates the pipeline's topics (the others only check)
+            subprocess.run([sys.executable, "-m", "callscribe.cli", "topics", "create",
+                            "--bootstrap", bootstrap], env={**os.environ, **env}, check=True,
+                           stdout=subprocess.DEVNULL, timeout=120)
             worker = subprocess.Popen([sys.executable, "-m", "callscribe.cli", "worker",
                                        "--bootstrap", bootstrap,
                                        "--metrics-port", str(metrics_port)],

@@ -116,11 +116,15 @@ class OffsetTracker:
         self._done: set[int] = set()
         #: the last position committed (set by the committer)
         self.committed: int | None = None
+        #: the first offset received (where the group's committed position was at the start)
+        self.start: int | None = None
 
     def register(self, offset: int) -> bool:
         """Track a received offset; False for a redelivery (already received)."""
         if self._next is not None and offset < self._next:
             return False
+        if self.start is None:
+            self.start = offset
         self._order.append(offset)
         self._next = offset + 1
         return True
@@ -172,6 +176,15 @@ class ChannelRecord:
     loud: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
     cat_said: dict = field(default_factory=dict)
     categories: list = field(default_factory=list)
+    partition: int = -1  # the call's audio partition (set on a retired record)
+
+    def retired(self, partition: int) -> ChannelRecord:
+        """What stays in the table once the call's summary is out and its chunks committed:
+        enough to know the call ended (``ended``, ``summary``, ``last_offset``), no options."""
+        return ChannelRecord(role=self.role, sid=self.sid, end_ms=self.end_ms,
+                             count=self.count, ended=self.ended or "end_of_stream",
+                             duration_ms=self.duration_ms, last_offset=self.last_offset,
+                             summary=True, partition=partition)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +200,46 @@ class ChannelRecord:
         if not self.polarity:
             return None
         return max(sorted(self.polarity), key=lambda p: self.polarity[p])
+
+
+class EndedCalls:
+    """The ended channels whose (retired) table records a worker keeps, oldest first.
+
+    The records themselves are the memory that a call ended (a late record finds them in the
+    table, on whichever worker owns the partition); this index only decides when each goes:
+    older than ``retention_ms``, or beyond ``max_entries`` (oldest first).  Kafka-free."""
+
+    def __init__(self, retention_ms: int, max_entries: int) -> None:
+        self.retention_ms = retention_ms
+        self.max_entries = max_entries
+        self._items: dict[str, tuple[int, int]] = {}  # key -> (ended at ms, partition)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, key: str, partition: int, ended_at_ms: int) -> None:
+        if key not in self._items:
+            self._items[key] = (ended_at_ms, partition)
+
+    def due(self, now_ms: int) -> list[tuple[str, int]]:
+        """Pop and return (key, partition) of what is to be forgotten now.  Entries are kept
+        in insertion order; those recovered from the table are added oldest first."""
+        out: list[tuple[str, int]] = []
+        limit = now_ms - self.retention_ms
+        while self._items:
+            key, (at, part) = next(iter(self._items.items()))
+            if at > limit and len(self._items) <= self.max_entries:
+                break
+            del self._items[key]
+            out.append((key, part))
+        return out
+
+    def partitions(self) -> set[int]:
+        return {p for _at, p in self._items.values()}
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition moved away: its new owner indexes the records it recovers."""
+        self._items = {k: v for k, v in self._items.items() if v[1] != partition}
 
 
 @dataclass

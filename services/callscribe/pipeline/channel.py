@@ -60,8 +60,9 @@ class Sink(Protocol):
     def publish_partial(self, state: ChannelState, value: bytes) -> None:
         """A partial to the partials topic, best effort (not awaited)."""
 
-    async def dead_letter(self, record: DeadLetter) -> None:
-        """To the dead-letter topic; return once delivered."""
+    async def dead_letter(self, record: DeadLetter) -> bool:
+        """To the dead-letter topic; return once delivered (True) or given up (False, logged):
+        never raises."""
 
     async def find_published(self, call_id: str, idempotency_key: str, since_ms: int) -> bool:
         """Whether a result with this key is in the transcripts topic (written after
@@ -111,6 +112,8 @@ class ChannelProcessor:
         self.log = log.bind(call_id=state.call_id, channel=state.channel,
                             partition=state.partition)
         self.task: asyncio.Task | None = None
+        #: monotonic time the worker opened this channel (the oldest-call gauge)
+        self.opened_at = time.monotonic()
         #: loop time of the last chunk, and the idle timer (the worker's)
         self.last_input = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -279,12 +282,13 @@ class ChannelProcessor:
         self.log.error("recognition failed; chunks dead-lettered", error_code=code,
                        error=message, chunks=len(chunks), begin_ms=begin, end_ms=end)
         for h in chunks:
-            await self.sink.dead_letter(DeadLetter(
+            written = await self.sink.dead_letter(DeadLetter(
                 error_code=code, reason=reason, source_topic=self.audio_topic,
                 source_partition=st.partition, source_offset=h.offset,
                 source_key=st.call_id.encode(), source_value=h.value, failed_at_ms=now_ms(),
                 component="worker", call_id=st.call_id))
-            self.metrics.dead_letters.add(1, {"reason": code})
+            if written is not False:  # False: refused by the broker (logged by the sink)
+                self.metrics.dead_letters.add(1, {"reason": code})
         rec.sid += 1
         rec.end_ms = max(rec.end_ms, end)
         event = TranscriptEvent(

@@ -93,30 +93,53 @@ class WorkerMetrics:
                                          description="partial results published")
         self.summaries = m.create_counter("callscribe.worker.summaries",
                                           description="call summaries published")
+        self.dead_letter_failures = m.create_counter(
+            "callscribe.worker.dead_letter_failures", description="dead letters the broker "
+            "would not take (logged with the original's coordinates; the record is skipped)")
         self.final_delay = m.create_histogram(
             "callscribe.worker.final_delay", unit="ms",
             description="capture of a sentence's last audio to its final being published")
         self.hop_in = m.create_histogram(
             "callscribe.kafka.hop.produce_to_worker", unit="ms",
-            description="an audio chunk's Kafka timestamp (produced) to the worker receiving it")
+            description="an audio record's Kafka timestamp (when it was produced) to the worker "
+            "receiving it")
         self.pauses = m.create_counter("callscribe.worker.pauses",
                                        description="times the audio partitions were paused")
 
-    def observe(self, paused: Callable[[], int], inflight: Callable[[], int],
-                lag: Callable[[], dict[int, int]]) -> None:
-        """Gauges read at collection time: paused partitions, in-flight audio, lag."""
+    def observe(self, source: Any) -> None:
+        """Gauges read at collection time from ``source`` (the worker: ``paused_count()``,
+        ``inflight_ms()``, ``fetch_lag()``, ``committed_lag()``, ``backlog_s()``,
+        ``oldest_call_age_s()``, ``sessions_held()``).  Partition labels are the assigned
+        audio partitions: a closed set bounded by the topic's partition count."""
         m = metrics.get_meter("callscribe")
-        m.create_observable_gauge(
-            "callscribe.worker.paused_partitions", description="audio partitions paused",
-            callbacks=[lambda _o: [metrics.Observation(paused())]])
-        m.create_observable_gauge(
-            "callscribe.worker.inflight_audio", unit="ms",
-            description="audio received, not yet recognised",
-            callbacks=[lambda _o: [metrics.Observation(inflight())]])
-        m.create_observable_gauge(
-            "callscribe.worker.consumer_lag", description="audio records behind the end of "
-            "each assigned partition", callbacks=[lambda _o: [
-                metrics.Observation(v, {"partition": p}) for p, v in lag().items()]])
+
+        def gauge(name: str, unit: str, description: str, read: Callable[[], Any],
+                  by_partition: bool = False) -> None:
+            def cb(_options: Any) -> list:
+                v = read()
+                if by_partition:
+                    return [metrics.Observation(n, {"partition": str(p)})
+                            for p, n in sorted(v.items())]
+                return [metrics.Observation(v)]
+            m.create_observable_gauge(name, unit=unit, description=description,
+                                      callbacks=[cb])
+
+        gauge("callscribe.worker.paused_partitions", "", "audio partitions paused",
+              source.paused_count)
+        gauge("callscribe.worker.inflight_audio", "s", "audio received, not yet recognised",
+              lambda: source.inflight_ms() / 1000)
+        gauge("callscribe.worker.consumer_lag", "", "fetch lag: audio records not yet read, "
+              "by assigned partition", source.fetch_lag, by_partition=True)
+        gauge("callscribe.worker.committed_lag", "", "audio records after the group's "
+              "committed offset, by assigned partition (held back by open sentences)",
+              source.committed_lag, by_partition=True)
+        gauge("callscribe.worker.backlog_audio", "s", "audio waiting for this worker: in "
+              "flight plus not yet read (records x chunk length); grows only when "
+              "recognition falls behind -- the autoscaling figure", source.backlog_s)
+        gauge("callscribe.worker.oldest_call_age", "s", "age of the oldest unfinished "
+              "(call, channel) this worker holds", source.oldest_call_age_s)
+        gauge("callscribe.worker.sessions", "", "(call, channel) sessions this worker holds",
+              source.sessions_held)
 
 
 class InflightBudget:

@@ -53,7 +53,7 @@ from callscribe.errors import CallscribeError, SessionError
 from callscribe.pipeline.codec import (AudioChunk, AudioOptions, CallSummary, Codec,
                                        CodecError, HotwordOption, TranscriptEvent)
 from callscribe.pipeline.producer import AudioProducer
-from callscribe.pipeline.topics import client_kwargs, ensure_topics
+from callscribe.pipeline.topics import check_topics, client_kwargs
 from callscribe.recognition.events import Emotion, FinalSentence, Partial, Word
 from callscribe.settings import Settings
 
@@ -81,7 +81,9 @@ class KafkaPipeline:
 
     async def start(self) -> None:
         s = self.settings
-        await ensure_topics(self.bootstrap, s)
+        roles = ("audio", "transcripts", "partials") if s.kafka_partials_enabled else \
+            ("audio", "transcripts")
+        await check_topics(self.bootstrap, s, roles=roles)  # `callscribe topics create` makes them
         await self.producer.start()
         topics = [s.kafka_topic_transcripts]
         if s.kafka_partials_enabled:

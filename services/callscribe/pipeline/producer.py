@@ -121,7 +121,7 @@ class AudioProducer:
         raise BrokerUnavailable(
             f"Kafka at {self.bootstrap} did not answer within {self.deadline_s:g} s (last error: "
             f"{last!r}); is the broker running and reachable, and does topic {self.topic!r} "
-            "exist (callscribe produce creates it; or run ensure_topics)?")
+            "exist (create the topics with `callscribe topics create`)?")
 
     async def stop(self, *, abort: bool = False) -> None:
         """Wait for every acknowledgement (at most the deadline each), then close.
@@ -208,8 +208,10 @@ class AudioProducer:
         while (remaining := deadline_at - loop.time()) > 0:
             try:
                 fut = await asyncio.wait_for(
-                    self._producer.send(self.topic, value, key=key, timestamp_ms=ts,
-                                        headers=headers), remaining)
+                    # no timestamp_ms: the record's timestamp is when it was produced
+                    # (the worker's produce -> worker hop), not the audio's capture time
+                    self._producer.send(self.topic, value, key=key, headers=headers),
+                    remaining)
                 fut.add_done_callback(mark_seen)
                 return fut
             except TimeoutError as exc:

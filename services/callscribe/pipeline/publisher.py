@@ -23,6 +23,7 @@ and only then are the end-of-stream chunks acknowledged.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from callscribe.analytics.live import category_event
 from callscribe.errors import CallscribeError
 from callscribe.pipeline.calls import ChannelRecord, ChannelState, HeldChunk
 from callscribe.pipeline.codec import CallSummary, ChannelSummary, DeadLetter
+from callscribe.pipeline.dead_letters import fit_dead_letter
 from callscribe.pipeline.topics import (MAX_BACKOFF_S, BrokerUnavailable, client_kwargs,
                                         close_quietly, describe_bootstrap, is_retriable,
                                         mark_seen)
@@ -201,9 +203,35 @@ class KafkaSink:
             return  # off, or the broker is not taking them (bounded: partials are expendable)
         self._spawn(self.producer.send_soon(self.partials, value, key=state.call_id.encode()))
 
-    async def dead_letter(self, record: DeadLetter) -> None:
-        await self.producer.send(self.dead_letters, self.worker.codec.encode(record),
-                                 key=record.key or b"")
+    async def dead_letter(self, record: DeadLetter) -> bool:
+        """Write a dead letter, cut to fit under ``kafka_max_message_bytes``; if the broker
+        still refuses it (a topic with a smaller ``max.message.bytes``), again with the value
+        cut to nothing but its digest.  Never raises (but CancelledError): a dead letter that
+        cannot be written is logged with the original's coordinates and counted, and the
+        caller acknowledges the record all the same (commits must go on)."""
+        limit = self.worker.settings.kafka_max_message_bytes
+        attempts = [fit_dead_letter(record, limit), fit_dead_letter(record, limit, value_bytes=0)]
+        error: BaseException | None = None
+        for i, rec in enumerate(attempts):
+            if i and rec == attempts[0]:
+                break  # nothing left to cut
+            try:
+                await self.producer.send(self.dead_letters, self.worker.codec.encode(rec),
+                                         key=rec.key or b"")
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused (too large, not authorised, ...), or a bug
+                error = exc
+        value = record.source_value
+        log.error("dead letter could not be written; the record is skipped",
+                  error=repr(error), error_code=record.error_code,
+                  source_topic=record.source_topic, source_partition=record.source_partition,
+                  source_offset=record.source_offset, call_id=record.call_id,
+                  source_value_size=len(value),
+                  source_value_sha256=hashlib.sha256(value).hexdigest())
+        self.worker.metrics.dead_letter_failures.add(1)
+        return False
 
     async def find_published(self, call_id: str, idempotency_key: str, since_ms: int) -> bool:
         """Whether the call's transcripts partition has a record with this idempotency key

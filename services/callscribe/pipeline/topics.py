@@ -1,4 +1,5 @@
-"""Kafka topics of the pipeline, client connection settings, and ``ensure_topics``.
+"""Kafka topics of the pipeline, client connection settings, ``ensure_topics`` (only
+``callscribe topics create`` calls it) and ``check_topics`` (what everything else calls).
 
 Topics (names and partition counts are settings, ``CALLSCRIBE_KAFKA_*``):
 
@@ -162,17 +163,57 @@ def is_retriable(exc: BaseException) -> bool:
         exc, OSError)  # connection refused/reset, timeouts
 
 
+class TopicsMissing(ConfigurationError):
+    """A pipeline topic does not exist; ``callscribe topics create`` makes it."""
+
+    code = "TopicsMissing"
+
+
 async def ensure_topics(bootstrap: str | None, settings: Settings, *,
                         deadline_s: float | None = None) -> dict[str, str]:
     """Create the pipeline's missing topics; return ``{name: "created" | "exists"}``.
 
-    An existing topic is never altered; one with a different partition count than the
-    settings is logged (changing partitions on a live topic would move calls between
-    partitions).  Retriable errors are retried with backoff; after ``deadline_s``
-    (default ``kafka_deadline_s``) it raises :class:`BrokerUnavailable`.
+    Only ``callscribe topics create`` calls this (one place owns topic creation); the
+    producer, the worker and ``serve --kafka`` call :func:`check_topics`.  An existing topic
+    is never altered; one with a different partition count than the settings is logged
+    (changing partitions on a live topic would move calls between partitions).  Retriable
+    errors are retried with backoff; after ``deadline_s`` (default ``kafka_deadline_s``) it
+    raises :class:`BrokerUnavailable`.
     """
-    deadline_s = settings.kafka_deadline_s if deadline_s is None else deadline_s
     specs = list(topic_specs(settings).values())
+    return await _with_admin(bootstrap, settings, deadline_s,
+                             lambda admin, remaining: _ensure(admin, specs, remaining),
+                             "creating topics")
+
+
+async def check_topics(bootstrap: str | None, settings: Settings, *,
+                       deadline_s: float | None = None,
+                       roles: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Check that the pipeline's topics (of ``roles``, default all) exist; return
+    ``{name: "exists"}`` or raise :class:`TopicsMissing` naming them and the command that
+    creates them.  Never creates anything (the admin client's listing does not auto-create)."""
+    specs = [s for s in topic_specs(settings).values() if roles is None or s.role in roles]
+
+    async def check(admin: AIOKafkaAdminClient, remaining: float) -> dict[str, str]:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [s.name for s in specs if s.name not in existing]
+        if missing:
+            raise TopicsMissing(
+                f"Kafka topic{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"{'do' if len(missing) > 1 else 'does'} not exist at "
+                f"{describe_bootstrap(client_kwargs(settings, bootstrap))}: create the "
+                "pipeline's topics with `callscribe topics create` (same CALLSCRIBE_KAFKA_* "
+                "settings), or your own tooling (`scripts/kafka.sh topics --create ...`)")
+        return {s.name: "exists" for s in specs}
+
+    return await _with_admin(bootstrap, settings, deadline_s, check, "checking topics")
+
+
+async def _with_admin(bootstrap: str | None, settings: Settings, deadline_s: float | None,
+                      run: Any, what: str) -> Any:
+    """``run(admin, remaining)`` with a fresh admin client, retried on retriable errors."""
+    deadline_s = settings.kafka_deadline_s if deadline_s is None else deadline_s
     kw = client_kwargs(settings, bootstrap)
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
@@ -186,10 +227,10 @@ async def ensure_topics(bootstrap: str | None, settings: Settings, *,
                                     request_timeout_ms=max(1000, int(remaining * 1000)),
                                     retry_backoff_ms=settings.kafka_retry_backoff_ms)
         try:
-            return await asyncio.wait_for(_ensure(admin, specs, remaining), remaining)
+            return await asyncio.wait_for(run(admin, remaining), remaining)
         except (KafkaError, OSError) as exc:  # OSError includes TimeoutError
             if not is_retriable(exc):
-                raise ConfigurationError(f"Kafka refused to create topics: {exc!r}") from None
+                raise ConfigurationError(f"Kafka refused {what}: {exc!r}") from None
             last = exc
             if isinstance(exc, KafkaConnectionError):
                 await raise_if_refused(kw, min(5.0, max(0.1, end - loop.time())))
@@ -201,8 +242,8 @@ async def ensure_topics(bootstrap: str | None, settings: Settings, *,
         await asyncio.sleep(min(backoff, max(0.0, end - loop.time())))
         backoff = min(backoff * 2, MAX_BACKOFF_S)
     raise BrokerUnavailable(
-        f"Kafka at {describe_bootstrap(kw)} did not answer within {deadline_s:g} s while checking "
-        f"topics (last error: {last!r}); is the broker running and reachable?")
+        f"Kafka at {describe_bootstrap(kw)} did not answer within {deadline_s:g} s while {what} "
+        f"(last error: {last!r}); is the broker running and reachable?")
 
 
 async def _ensure(admin: AIOKafkaAdminClient, specs: list[TopicSpec],
@@ -287,3 +328,51 @@ async def close_quietly(producer: AIOKafkaProducer, timeout: float = 10.0) -> No
         await asyncio.wait_for(producer.stop(), timeout)
     except Exception as exc:  # a close that fails must not hide the error that led here
         log.warning("kafka producer did not close cleanly", error=repr(exc))
+
+
+async def wait_for_group_coordinator(bootstrap: str | None, settings: Settings, group: str, *,
+                                     deadline_s: float | None = None) -> int:
+    """Wait until the broker names the group's coordinator (on a fresh cluster it appears
+    only once ``__consumer_offsets`` exists); the coordinator's broker id.  The worker waits
+    for this before joining the group, instead of logging the consumer's retries as errors."""
+
+    async def find(admin: AIOKafkaAdminClient, remaining: float) -> int:
+        await admin.start()
+        return await admin.find_coordinator(group)
+
+    return await _with_admin(bootstrap, settings, deadline_s, find,
+                             f"looking for the coordinator of group {group}")
+
+
+#: what aiokafka logs at WARNING/ERROR while a fresh cluster or topic is still settling (a
+#: coordinator or a partition leader being elected); the clients retry on their own
+TRANSIENT_KAFKA_MESSAGES = ("GroupCoordinatorNotAvailable", "NotLeaderForPartition",
+                            "NotCoordinatorForGroup", "LeaderNotAvailable",
+                            "CoordinatorLoadInProgress", "Marking the coordinator dead")
+
+
+class TransientKafkaErrors:
+    """A logging filter: aiokafka's and faust's reports of the transient states above are
+    lowered to INFO (the clients retry them; a healthy start passes through them).  Anything
+    that lasts shows up elsewhere: no partitions assigned, the commit or idle warnings."""
+
+    def filter(self, record: Any) -> bool:
+        import logging
+
+        if record.levelno >= logging.WARNING and record.name.startswith(("aiokafka", "faust")):
+            try:
+                text = record.getMessage()
+            except Exception:  # a broken format string: leave the record alone
+                return True
+            if any(t in text for t in TRANSIENT_KAFKA_MESSAGES):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def lower_transient_kafka_errors() -> None:
+    """Install :class:`TransientKafkaErrors` on the root logger's handlers."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, TransientKafkaErrors) for f in handler.filters):
+            handler.addFilter(TransientKafkaErrors())

@@ -10,6 +10,13 @@ RecognitionSession; a :class:`~callscribe.pipeline.channel.ChannelProcessor` tas
 runs the decodes in the runtime's thread pool and publishes finals, partials and, through
 :class:`~callscribe.pipeline.publisher.KafkaSink`, the call's summary.
 
+What a record must be: an AudioChunk (else a dead letter with the codec's reason) whose Kafka
+key is its call_id (``KeyMismatch``), on the partition its call is open on
+(``PartitionMismatch``), for a call that is not over (``CallEnded``, see
+:mod:`~callscribe.pipeline.ended`).  A dead-lettered record is acknowledged once its dead letter
+is written or given up (:meth:`KafkaSink.dead_letter` never raises), so no partition's commits
+wait on it.
+
 Acknowledging and committing: a chunk is acknowledged once every sentence that overlaps its
 audio is final and published (the session's safe point); every
 ``kafka_worker_commit_interval_s`` each partition's first unacknowledged offset is committed.
@@ -39,12 +46,17 @@ import structlog
 from faust.types import TP
 
 from callscribe.analytics.live import CallAnalytics
+from callscribe.errors import ConfigurationError
 from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
                                        chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
-from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec, DeadLetter
+from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec, DeadLetter, dead_letter_for
+from callscribe.pipeline.dead_letters import KeyMismatch, PartitionMismatch
+from callscribe.pipeline.ended import EndedCallKeeper
 from callscribe.pipeline.flow import IdleWatch, InflightBudget, RetryingEngine, WorkerMetrics
-from callscribe.pipeline.publisher import KafkaSink, ResultsProducer, faust_credentials
+from callscribe.pipeline.gauges import WorkerGauges
+from callscribe.pipeline.publisher import (MAX_CHANNELS, KafkaSink, ResultsProducer,
+                                           faust_credentials)
 from callscribe.recognition.session import RecognitionSession
 from callscribe.settings import Settings
 from callscribe.tracing import context_from_headers
@@ -52,6 +64,13 @@ from callscribe.tracing import context_from_headers
 log = structlog.get_logger("callscribe.worker")
 #: at most this long a revocation waits for critical sections, then for its commit
 REVOKE_WAIT_S = 3.0
+
+
+def _show_key(key: bytes | None) -> str:
+    if key is None:
+        return "(none)"
+    text = key[:64].decode("utf-8", "replace")
+    return repr(text + ("..." if len(key) > 64 else ""))
 
 
 class PipelineWorker:
@@ -82,24 +101,34 @@ class PipelineWorker:
         self.channels: dict[str, ChannelProcessor] = {}
         self.generation = 0
         self.paused: set[TP] = set()
+        #: the broker's end of each paused partition (refreshed every 5 s while paused)
+        self.paused_ends: dict[int, int] = {}
         self.stopping = False
         self._retiring: dict[int, list[tuple[int, str]]] = {}
         self._bg: set[asyncio.Task] = set()
         self.producer = ResultsProducer(settings, bootstrap)
         self.sink = KafkaSink(self)
         self.app = self._build_app(partitions)
-        self.metrics.observe(lambda: len(self.paused), lambda: self.budget.total_ms, self._lag)
+        self.chunk_ms = float(settings.kafka_chunk_ms)  # running mean of the chunks' audio
+        self.ended = EndedCallKeeper(self)  # after the app: it reads the table
+        self.metrics.observe(WorkerGauges(self))
 
     # --- the faust app ------------------------------------------------------------------------
     def _build_app(self, partitions: int) -> faust.App:
         s = self.settings
         servers = [b.strip() for b in self.bootstrap.split(",") if b.strip()]
+        try:
+            s.kafka_worker_data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"CALLSCRIBE_KAFKA_WORKER_DATA_DIR: cannot create "
+                                     f"{s.kafka_worker_data_dir}: {exc}") from None
         app = faust.App(
             s.kafka_worker_group, broker=[f"aiokafka://{b}" for b in servers],
             broker_credentials=faust_credentials(s, self.bootstrap),
             broker_client_id=f"{s.kafka_client_id}-worker", store="memory://",
             topic_partitions=partitions, topic_replication_factor=s.kafka_replication_factor,
             consumer_auto_offset_reset="earliest", web_enabled=False,
+            datadir=str(s.kafka_worker_data_dir / f"{s.kafka_worker_group}-data"),
             broker_session_timeout=s.kafka_worker_session_timeout_s,
             broker_heartbeat_interval=max(1.0, s.kafka_worker_session_timeout_s / 5),
             broker_max_poll_records=200, stream_buffer_maxsize=400, stream_wait_empty=False,
@@ -112,6 +141,7 @@ class PipelineWorker:
                                                    value_serializer="json"),
                                help="published sentences per call:channel")
         self.changelog_topic = self.table.changelog_topic_name
+        self.table.on_recover(lambda: self.ended.on_recovered())
 
         @app.agent(audio, name="audio")
         async def consume(stream: faust.StreamT) -> None:
@@ -121,6 +151,26 @@ class PipelineWorker:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_before_shutdown.connect(self._on_shutdown)
+
+        @app.timer(min(60.0, s.kafka_worker_ended_retention_s / 4))
+        async def sweep() -> None:
+            try:
+                await self.ended.sweep()
+            except Exception as exc:  # the next round sweeps it
+                log.warning("sweep of ended calls failed", error=repr(exc))
+
+        @app.timer(5.0)
+        async def paused_ends() -> None:
+            """A paused partition is not fetched, so its highwater goes stale: ask the broker
+            for its end (the lag and backlog gauges read it)."""
+            if not self.paused:
+                return
+            try:
+                ends = await asyncio.wait_for(self.app.consumer.highwaters(*self.paused), 10)
+            except Exception as exc:  # the next round asks again
+                log.info("could not read the paused partitions' ends", error=repr(exc))
+                return
+            self.paused_ends = {tp.partition: int(n) for tp, n in ends.items()}
 
         @app.timer(self.settings.kafka_worker_commit_interval_s)
         async def commit() -> None:
@@ -145,6 +195,12 @@ class PipelineWorker:
         raw = event.value if isinstance(event.value, bytes) else msg.value
         rec = self.codec.decode_or_dead_letter(raw, key=msg.key, topic=msg.topic, partition=p,
                                                offset=offset, expect=AudioChunk)
+        if not isinstance(rec, DeadLetter) and msg.key != rec.call_id.encode():
+            rec = dead_letter_for(KeyMismatch(
+                f"the record's Kafka key {_show_key(msg.key)} is not its call_id "
+                f"{rec.call_id!r}: key every audio record by its call_id, so that a call's "
+                "records meet in one partition"), raw, key=msg.key, topic=msg.topic,
+                partition=p, offset=offset)
         if isinstance(rec, DeadLetter):
             log.warning("record dead-lettered", partition=p, offset=offset,
                         error_code=rec.error_code, reason=rec.reason, call_id=rec.call_id)
@@ -160,14 +216,44 @@ class PipelineWorker:
                 offset, msg.key, raw, int(time.time() * 1000), "worker", rec.call_id), p, offset))
 
     async def _dead_letter(self, rec: DeadLetter, partition: int, offset: int) -> None:
-        await self.sink.dead_letter(rec)
-        self.metrics.dead_letters.add(1, {"reason": rec.error_code})
-        self.release(partition, [offset])
+        """Write it and acknowledge the record, whether or not the write succeeded (the sink
+        logs a failure with the record's coordinates): a partition's commits never wait on a
+        dead letter the broker will not take."""
+        try:
+            if await self.sink.dead_letter(rec):
+                self.metrics.dead_letters.add(1, {"reason": rec.error_code})
+        finally:
+            self.release(partition, [offset])
+
+    def reject(self, exc: Exception, chunk: AudioChunk, p: int, offset: int,
+               raw: bytes) -> None:
+        """Dead-letter a readable chunk the worker will not use (key, partition, late)."""
+        dl = dead_letter_for(exc, raw, key=chunk.call_id.encode(), topic=self.audio_topic,
+                             partition=p, offset=offset)
+        log.warning("record dead-lettered", partition=p, offset=offset, error_code=dl.error_code,
+                    reason=dl.reason, call_id=chunk.call_id, channel=chunk.channel,
+                    seq=chunk.seq)
+        self._spawn(self._dead_letter(dl, p, offset))
 
     async def _route(self, chunk: AudioChunk, p: int, offset: int, raw: bytes,
                      trace_context: Any = None) -> None:
         key = f"{chunk.call_id}:{chunk.channel}"
-        proc = self.channels.get(key) or self._open(chunk, p)
+        proc = self.channels.get(key)
+        if proc is not None and proc.state.partition != p:
+            return self._wrong_partition(chunk, proc.state.partition, p, offset, raw)
+        if proc is not None and proc.state.input_closed and not (
+                chunk.end_of_stream and not proc.state.record.summary):
+            # over (or summarised): late audio, a duplicate end, a seq after the end; only
+            # an end of stream may still come (held until the summary is out)
+            return self.ended.after_end(chunk, proc.state.record, p, offset, raw)
+        if proc is None:
+            if (ended := self.ended.record_of(chunk.call_id)) is not None:
+                return self.ended.after_end(chunk, ended, p, offset, raw)
+            for ch in range(MAX_CHANNELS):
+                other = self.channels.get(f"{chunk.call_id}:{ch}")
+                if other is not None and other.state.partition != p:
+                    return self._wrong_partition(chunk, other.state.partition, p, offset, raw)
+            proc = self._open(chunk, p)
         st = proc.state
         if trace_context is not None:
             st.trace_context = trace_context
@@ -176,6 +262,8 @@ class PipelineWorker:
         if self.generation != gen and self.channels.get(key) is not proc or self.stopping:
             return  # the partition went away while waiting: its new owner replays this
         begin = chunk.offset_ms
+        if not chunk.end_of_stream:
+            self.chunk_ms += (chunk_duration_ms(chunk) - self.chunk_ms) / 100
         held = HeldChunk(offset, chunk.seq, begin, begin + chunk_duration_ms(chunk), raw,
                          chunk.end_of_stream)
         if chunk.seq == 0 and chunk.options is not None and st.record.options is None \
@@ -196,6 +284,13 @@ class PipelineWorker:
                 self.release(p, [h.offset])
         self.idle.touch(proc)
         proc.wake()
+
+    def _wrong_partition(self, chunk: AudioChunk, open_on: int, p: int, offset: int,
+                         raw: bytes) -> None:
+        self.reject(PartitionMismatch(
+            f"call {chunk.call_id!r} is open on partition {open_on}, this record came on "
+            f"partition {p}: produce all of a call's records with the same partitioner "
+            "(the key is the call_id)"), chunk, p, offset, raw)
 
     def _open(self, chunk: AudioChunk, p: int) -> ChannelProcessor:
         key = f"{chunk.call_id}:{chunk.channel}"
@@ -283,6 +378,7 @@ class PipelineWorker:
                         partitions=sorted(tp.partition for tp in self.paused))
         else:
             tps, self.paused = self.paused, set()
+            self.paused_ends = {}
             self._spawn(self._resume(tps))
 
     async def _resume(self, tps: set[TP]) -> None:
@@ -306,21 +402,6 @@ class PipelineWorker:
         for proc in self.channels.values():
             if proc.state.session is not None:
                 proc.state.session.partials_enabled = on
-
-    def _highwater(self, partition: int) -> int | None:
-        """The partition's end as of the last fetch (for the lag gauge)."""
-        try:
-            return int(self.app.consumer.highwater(TP(self.audio_topic, partition)))
-        except Exception:  # not fetched yet, or no consumer
-            return None
-
-    def _lag(self) -> dict[int, int]:
-        out = {}
-        for p, t in list(self.trackers.items()):
-            hw = self._highwater(p)
-            if hw is not None and t.received is not None:
-                out[p] = max(0, hw - t.received)
-        return out
 
     # --- commits, rebalances, shutdown --------------------------------------------------------
     async def commit(self, partitions: set[int]) -> bool:
@@ -354,7 +435,12 @@ class PipelineWorker:
             proc = self.channels.pop(key, None)
             if proc is not None:
                 self.idle.forget(proc)
-            await self.sink.put_record(key, partition, None)
+            rec = proc.state.record if proc is not None else self.sink.get_record(key)
+            if rec is None:
+                continue
+            # the call stays known as ended (late records are dead-lettered) until the
+            # sweep forgets it (kafka_worker_ended_retention_s / _max; pipeline/ended.py)
+            await self.ended.retire(key, partition, rec)
         self._retiring[partition] = keep
 
     async def _on_revoked(self, app: Any, revoked: set, **_: Any) -> None:
@@ -374,6 +460,7 @@ class PipelineWorker:
         mine = {tp.partition for tp in assigned if tp.topic == self.audio_topic}
         for p in [p for p in self.trackers if p not in mine]:
             self._drop_partition(p)
+        self.ended.forget_partitions(mine)
         log.info("audio partitions assigned", partitions=sorted(mine))
 
     def _drop_partition(self, p: int) -> None:
