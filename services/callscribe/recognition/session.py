@@ -55,8 +55,12 @@ class SessionOptions:
     speech_pad_ms: int = 200
     max_buffered_audio_ms: int = 60000
     #: left context of final decodes: up to this much (ms) of the previous sentence's audio,
-    #: with its text, goes in front of the sentence (0: none)
+    #: with its text, goes in front of the sentence (0: none) ...
     context_ms: int = 3000
+    #: ... when the pause between them is at most this long (ms): a sentence cut at a short
+    #: pause continues the same thought; after a longer one (a new turn, another speaker on a
+    #: mixed channel) the previous audio misleads the decoder more often than it helps
+    context_max_gap_ms: int = 1500
     #: decoder prompt applied to every decode (free context text)
     prompt: str | None = None
     #: hotword prompt and terms: finals are decoded with and without it (see DecodeRequest)
@@ -94,6 +98,7 @@ class _Context:
     audio: np.ndarray
     text: str
     language: str | None
+    end: int  # stream sample index where its last word ends
 
 
 @dataclass
@@ -354,7 +359,7 @@ class RecognitionSession:
         end = min(s.last_voiced + o.speech_pad_ms * MS, self._processed)
         if s.early is None or s.early[0] != end:
             result = self._decode(self._audio(s.start, end), partial=False,
-                                  language=None, previous=self._prev_text)
+                                  language=None, previous=self._prev_text, start=s.start)
             self.decodes["final"] += 1
             s.early = (end, result)
         return True
@@ -376,7 +381,7 @@ class RecognitionSession:
             result = s.early[1]
         else:
             result = self._decode(audio, partial=False, language=None,
-                                  previous=self._prev_text)
+                                  previous=self._prev_text, start=s.start)
             self.decodes["final"] += 1
         begin_ms, end_ms = s.start // MS, end // MS
         if result.text.strip() and not self._hallucination(result):
@@ -392,14 +397,15 @@ class RecognitionSession:
                     final = self.final_hook(final, audio)
                 events.append(final)
                 self._prev_text = result.text.strip()[-200:]
-                self._context = self._next_context(audio, result)
+                self._context = self._next_context(audio, result, s.start)
                 if result.language_probability >= CONFIDENT_LANGUAGE_P:
                     self._language_prior = result.language
                 self._next_id += 1
         if stopped:
             events.append(SpeechStopped(s.sentence_id, end_ms))
 
-    def _next_context(self, audio: np.ndarray, result: DecodeResult) -> _Context | None:
+    def _next_context(self, audio: np.ndarray, result: DecodeResult,
+                      start: int) -> _Context | None:
         """The last ``context_ms`` of a final's audio, cut at a word start, with the words'
         text as the model wrote it (so the next decode can take it as its prefix)."""
         ms = self.options.context_ms
@@ -409,13 +415,20 @@ class RecognitionSession:
         first = next((i for i, w in enumerate(result.words) if w.start >= cut), None)
         if first is None:
             return None
-        start = max(0, int((result.words[first].start - 0.1) * SAMPLE_RATE))
+        cut_at = max(0, int((result.words[first].start - 0.1) * SAMPLE_RATE))
         text = "".join(w.text for w in result.words[first:]).strip()
-        return _Context(audio[start:].copy(), text, result.language) if text else None
+        if not text:
+            return None
+        return _Context(audio[cut_at:].copy(), text, result.language,
+                        start + int(result.words[-1].end * SAMPLE_RATE))
 
     def _decode(self, audio: np.ndarray, *, partial: bool, language: str | None,
-                previous: str | None = None) -> DecodeResult:
-        ctx = None if partial else self._context
+                previous: str | None = None, start: int | None = None) -> DecodeResult:
+        ctx = self._context
+        if partial or ctx is None or start is None or (
+                start + self.options.speech_pad_ms * MS - ctx.end
+                > self.options.context_max_gap_ms * MS):
+            ctx = None
         request = DecodeRequest(
             audio=audio, partial=partial, language_hints=self.options.language_hints,
             language=language, language_prior=self._language_prior,
