@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
+from callscribe import wire
 from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
                                          CLOSE_POLICY, AbortRecognition, AudioData, Close,
@@ -156,11 +157,11 @@ class QwenRealtimeProtocol:
             return
         self._last_event_at = self._clock()
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):
-            return self._error(RequestError("the text frame is not valid JSON; every client "
-                                             'event is {"type": ..., "event_id": ..., ...}',
-                                             "invalid_json"))
+            msg = wire.loads(text)
+        except wire.WireError as exc:
+            return self._error(RequestError(f"the text frame is {exc}; every client event is "
+                                            '{"type": ..., "event_id": ..., ...} in JSON',
+                                            "invalid_json"))
         eid = msg.get("event_id") if isinstance(msg, dict) else None
         eid = eid if isinstance(eid, str) else None
         kind = msg.get("type") if isinstance(msg, dict) else None
@@ -174,6 +175,12 @@ class QwenRealtimeProtocol:
                 f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
                 event_id=eid)
         if self.state is State.FINISHING:
+            if self._shutdown_ended:  # the server ended input (drain), not the client
+                return self._send("error", error={
+                    "type": "server_error", "code": "server_shutting_down",
+                    "message": f"{kind} ignored: the server is shutting down; the audio "
+                               "received is being recognised, then the session closes (1001); "
+                               "reconnect to continue", "param": None, "event_id": eid})
             return self._error(RequestError(f"{kind} after session.finish: the session is "
                                             "ending", "session_finishing", "type"), event_id=eid)
         if kind != "session.update" and kind != "session.finish" and not self._configured:
