@@ -177,16 +177,12 @@ class Gateway:
         try:
             await asyncio.wait_for(self._idle.wait(), grace_s + FLUSH_SECONDS)
         except TimeoutError:
-            pass
-        self._server.close(close_connections=False)
-        try:
-            await asyncio.wait_for(self._server.wait_closed(), FLUSH_SECONDS)
-        except TimeoutError:
             log.warning("connections still open after the drain; cutting them",
                         remaining=len(self.connections))
             for conn in list(self.connections):
                 conn.ws.transport.abort()
-            await self._server.wait_closed()
+        self._server.close(close_connections=False)
+        await self._server.wait_closed()
         log.info("stopped")
 
     # --- handshake ---------------------------------------------------------------------------
