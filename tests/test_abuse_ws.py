@@ -240,3 +240,43 @@ def qwen_drain_case(loop_thread, g, qwen, n, jfk, baseline, grace):
     assert codes[-1] == "ServerShuttingDown"
     assert qwen.close_code == 1001
     return drain
+
+
+def test_qwen_append_after_server_drain_exact_frame():
+    """Sans-I/O: the exact frame an append gets after the drain grace ended the session's
+    input (``server_shutting_down``, not ``session_finishing`` "... after session.finish"),
+    the session kept until its results are out; a client's own session.finish still gets
+    ``session_finishing``."""
+    from callscribe.protocols.common import FinishInput, SendFrame
+    from callscribe.protocols.qwen_realtime import QwenRealtimeProtocol
+
+    ids = iter(range(1, 100))
+    t = [1000.0]
+    p = QwenRealtimeProtocol(clock=lambda: t[0], model="qwen3-asr-flash-realtime",
+                             ids=lambda: str(next(ids)))
+    p.receive_text('{"type": "session.update", "session": {}}')
+    p.receive_text(json.dumps({"type": "input_audio_buffer.append",
+                               "audio": base64.b64encode(b"\0\1" * 1600).decode()}))
+    p.outputs()
+    p.shutdown(5.0)
+    t[0] += 5.0
+    p.handle_timers()
+    assert FinishInput("sess_1") in p.outputs()
+    p.receive_text('{"type": "input_audio_buffer.append", "event_id": "ev9", "audio": "AAAA"}')
+    [out] = p.outputs()
+    assert isinstance(out, SendFrame)
+    assert json.loads(out.text) == {"event_id": "event_4", "type": "error", "error": {
+        "type": "server_error", "code": "server_shutting_down",
+        "message": "input_audio_buffer.append ignored: the server is shutting down; the audio "
+                   "received is being recognised, then the session closes (1001); reconnect "
+                   "to continue", "param": None, "event_id": "ev9"}}
+
+    q = QwenRealtimeProtocol(clock=lambda: t[0], model="qwen3-asr-flash-realtime")
+    q.receive_text('{"type": "session.update", "session": {}}')
+    q.receive_text(json.dumps({"type": "input_audio_buffer.append",
+                               "audio": base64.b64encode(b"\0\1" * 1600).decode()}))
+    q.receive_text('{"type": "session.finish"}')
+    q.outputs()
+    q.receive_text('{"type": "input_audio_buffer.append", "audio": "AAAA"}')
+    [out] = q.outputs()
+    assert json.loads(out.text)["error"]["code"] == "session_finishing"
