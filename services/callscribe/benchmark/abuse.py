@@ -237,6 +237,7 @@ def run_abuse(audio_dir: Path, only: list[str] | None = None) -> int:
     if not only or "no-key-rebinding" in only:
         with ServerProcess({"CALLSCRIBE_API_KEYS": "",
                             "CALLSCRIBE_VOCABULARY_DB": str(db.with_name("open.sqlite3"))}) as o:
+            Good(o.port, pcm).start().join()  # warm up (first-session allocations), as above
             print_row(run_case("no-key-rebinding", o, pcm, baseline,
                                lambda: case_rebinding(o.port)))
     return 0
