@@ -253,3 +253,14 @@ def test_non_loopback_host_refused_on_http(open_gw, open_neighbour):
 
 def test_zz_open_neighbour_undisturbed(open_neighbour, baseline):
     open_neighbour.join().check(baseline)
+
+
+def test_hotword_spec_with_superscript_weight_is_text():
+    """Same class as ``expire_in_seconds=²``, in the command line's ``text[:weight]`` specs
+    (``str.isdigit`` accepts "²", ``int`` refuses it): not a weight, so part of the text."""
+    from callscribe.recognition.vocabulary import load_hotwords
+
+    [w] = load_hotwords(None, ["Dashwood:²"])
+    assert (w.text, w.weight) == ("Dashwood:²", 4)
+    [w] = load_hotwords(None, ["Dashwood:5"])
+    assert (w.text, w.weight) == ("Dashwood", 5)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from callscribe.benchmark.abuse_cases import (
     GOOD_KEY, HOSTILE_KEY, case_amr, case_drain, case_http_malformed, case_metric_labels,
@@ -172,7 +171,7 @@ def run_case(name: str, srv: ServerProcess, pcm: bytes, baseline: list[str] | No
         good = Good(srv.port, pcm).start()
         try:
             hostile = action()
-        except (OSError, InvalidStatus, ConnectionClosed, ValueError, KeyError) as exc:
+        except Exception as exc:  # a hostile client's failure is a figure, not the end
             hostile = f"{type(exc).__name__}: {str(exc)[:80]}"
         good.join()
     after = rss_mib(pid)

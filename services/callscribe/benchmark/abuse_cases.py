@@ -202,8 +202,9 @@ def case_qwen_big_append(port: int) -> str:
 
 
 def wav_header(channels: int, rate: int) -> bytes:
-    align = channels * 2
-    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * align, align, 16)
+    """8-bit PCM, so 65535 channels still fit block_align (a 16-bit field)."""
+    align = channels
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * align, align, 8)
     return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<I", 16)
             + fmt + b"data" + struct.pack("<I", 0xFFFFFFFF))
 
@@ -219,7 +220,7 @@ def case_wav_channels(port: int, rss: Callable[[], float]) -> str:
             if recv(ws)["header"]["event"] != "task-started":
                 got.append("no task-started")
                 continue
-            ws.send(wav_header(65535, 8000) + bytes(65535 * 2 * 4))
+            ws.send(wav_header(65535, 8000) + bytes(65535 * 8))
         for ws in conns:
             try:
                 got.append(until_end(ws, 5))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from callscribe.errors import SessionError
+from callscribe.wire import WireError, parse_int
 
 MAX_ENTRIES = 500
 MAX_CJK_CHARS = 10
@@ -288,7 +289,11 @@ def load_hotwords(vocabulary_file: str | Path | None, specs=()) -> list[Hotword]
 
 def _entry(spec: str) -> dict:
     text, _, weight = spec.strip().rpartition(":")
-    if not text or not weight.strip().isdigit():
-        text, weight = spec.strip(), "4"
-    return {"text": text, "weight": int(weight)}
+    try:
+        value = parse_int(weight.strip(), max_digits=3)
+    except WireError:
+        value = None
+    if not text or value is None:  # "word:²" is text, not a weight (str.isdigit() is true)
+        text, value = spec.strip(), 4
+    return {"text": text, "weight": value}
 
