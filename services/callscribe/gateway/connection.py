@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from callscribe.errors import CallscribeError
 from callscribe.protocols.common import (AbortRecognition, AudioData, Close, CommitInput,
                                          FinishInput, Machine, SendFrame, StartRecognition,
-                                         TaskReport, model_family)
+                                         TaskReport)
 from callscribe.recognition.vocabulary import VocabularyNotFound
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ class Connection:
 
     def _report(self, r: TaskReport) -> None:
         m = self.gw.metrics
-        attrs = {"model": model_family(r.model), "protocol": self.proto.name}
+        attrs = m.task_attrs(r.model, self.proto.name)
         m.tasks.add(1, {**attrs, "outcome": r.outcome, "error_code": r.error_code or ""})
         m.audio.add(r.audio_ms / 1000, attrs)
         if r.first_package_delay_ms is not None:

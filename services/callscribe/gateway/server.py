@@ -36,7 +36,7 @@ from callscribe.gateway.static import StaticFiles
 from callscribe.gateway.tokens import (AUTH_INFO_PATH, MAX_TOKENS, TOKENS_PATH, TokenStore,
                                        handle_auth_info, handle_tokens)
 from callscribe.protocols import qwen_realtime
-from callscribe.protocols.common import Machine
+from callscribe.protocols.common import Machine, model_family
 from callscribe.protocols.run_task import RunTaskProtocol
 from callscribe.recognition.vocabulary import Quota, VocabularyStore
 from callscribe.settings import Settings
@@ -90,6 +90,12 @@ class _Metrics:
                                         description="first audio byte to first result")
         self.last = m.create_histogram("callscribe.task.last_package_delay", unit="ms",
                                        description="finish-task to task-finished")
+
+    @staticmethod
+    def task_attrs(model: str, protocol: str) -> dict[str, str]:
+        """Metric attributes of a task: the model *family* (a closed set), never the name the
+        client sent (any ``fun-asr-realtime-YYYY-MM-DD`` would be a new series)."""
+        return {"model": model_family(model), "protocol": protocol}
 
 
 class Gateway:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from callscribe import wire
 from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
                                          CLOSE_POLICY, AbortRecognition, AudioData, Close,
@@ -36,6 +35,7 @@ from callscribe.protocols.qwen_session import (MODEL, MODEL_RE, Config, RequestE
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
+from callscribe.wire import WireError, loads
 
 #: largest base64 ``audio`` field of one append (characters)
 MAX_APPEND_B64 = 15 * 1024 * 1024
@@ -157,8 +157,8 @@ class QwenRealtimeProtocol:
             return
         self._last_event_at = self._clock()
         try:
-            msg = wire.loads(text)
-        except wire.WireError as exc:
+            msg = loads(text)
+        except WireError as exc:
             return self._error(RequestError(f"the text frame is {exc}; every client event is "
                                             '{"type": ..., "event_id": ..., ...} in JSON',
                                             "invalid_json"))
