@@ -168,6 +168,13 @@ class QwenRealtimeProtocol:
         if not isinstance(kind, str):
             return self._error(RequestError('a client event is a JSON object with a string '
                                             '"type"', "invalid_event", "type"), event_id=eid)
+        if self._shutdown_ended and self.state is not State.OPEN:
+            # the server ended input (drain), not the client: no "after session.finish"
+            return self._send("error", error={
+                "type": "server_error", "code": "server_shutting_down",
+                "message": f"{kind[:64]} ignored: the server is shutting down; the audio "
+                           "received is being recognised, then the session closes (1001); "
+                           "reconnect to continue", "param": None, "event_id": eid})
         handler = self._handlers.get(kind)
         if handler is None:
             return self._error(RequestError(
@@ -175,12 +182,6 @@ class QwenRealtimeProtocol:
                 f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
                 event_id=eid)
         if self.state is State.FINISHING:
-            if self._shutdown_ended:  # the server ended input (drain), not the client
-                return self._send("error", error={
-                    "type": "server_error", "code": "server_shutting_down",
-                    "message": f"{kind} ignored: the server is shutting down; the audio "
-                               "received is being recognised, then the session closes (1001); "
-                               "reconnect to continue", "param": None, "event_id": eid})
             return self._error(RequestError(f"{kind} after session.finish: the session is "
                                             "ending", "session_finishing", "type"), event_id=eid)
         if kind != "session.update" and kind != "session.finish" and not self._configured:
