@@ -1,9 +1,9 @@
 """``callscribe bench``: load, capacity search and soak, with a summary table, JSON and plots.
 
+    callscribe bench abuse                      # issue 13's hostile cases (benchmark/abuse.py)
     callscribe bench load --mode standalone --clients 4
     callscribe bench capacity --mode standalone --max 12
     callscribe bench soak --mode standalone --clients 4 --minutes 10
-    callscribe bench abuse                      # issue 13's hostile cases (benchmark/abuse.py)
 
 Results go to ``bench/results/<time>/`` (not committed): ``result.json`` and PNG plots.
 """
@@ -89,12 +89,6 @@ def _whole_file_wer(load: Any, settings: Settings) -> float:
         runtime.close()
 
 
-def run_abuse_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from callscribe.benchmark.abuse import run_abuse
-
-    return run_abuse(Path(args.audio), [c for c in args.cases.split(",") if c] or None)
-
-
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from callscribe.benchmark import plots
     from callscribe.benchmark.runner import RunConfig, results_dir, run_load, within_bounds
@@ -142,3 +136,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nsoak drift: {doc['drift']}")
     print(f"\nresults: {out}")
     return 0
+
+
+def run_abuse_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from callscribe.benchmark.abuse import run_abuse
+
+    return run_abuse(Path(args.audio), [c for c in args.cases.split(",") if c] or None)
