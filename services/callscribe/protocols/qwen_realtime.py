@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from collections import deque
 from dataclasses import dataclass, field

@@ -15,7 +15,6 @@ a failed connection is not reused.
 
 from __future__ import annotations
 
-import json
 import math
 from enum import Enum
 from typing import Any, Callable
