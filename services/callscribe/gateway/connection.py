@@ -256,7 +256,7 @@ class Connection:
 
     def _report(self, r: TaskReport) -> None:
         m = self.gw.metrics
-        attrs = {"model": r.model, "protocol": self.proto.name}
+        attrs = m.task_attrs(r.model, self.proto.name)
         m.tasks.add(1, {**attrs, "outcome": r.outcome, "error_code": r.error_code or ""})
         m.audio.add(r.audio_ms / 1000, attrs)
         if r.first_package_delay_ms is not None:

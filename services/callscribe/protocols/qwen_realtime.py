@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from callscribe.protocols.qwen_text import grow
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
+from callscribe.wire import WireError, loads
 
 #: largest base64 ``audio`` field of one append (characters)
 MAX_APPEND_B64 = 15 * 1024 * 1024
@@ -144,17 +144,24 @@ class QwenRealtimeProtocol:
             return
         self._last_event_at = self._clock()
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):
-            return self._error(RequestError("the text frame is not valid JSON; every client "
-                                             'event is {"type": ..., "event_id": ..., ...}',
-                                             "invalid_json"))
+            msg = loads(text)
+        except WireError as exc:
+            return self._error(RequestError(f"the text frame is {exc}; every client event is "
+                                            '{"type": ..., "event_id": ..., ...} in JSON',
+                                            "invalid_json"))
         eid = msg.get("event_id") if isinstance(msg, dict) else None
         eid = eid if isinstance(eid, str) else None
         kind = msg.get("type") if isinstance(msg, dict) else None
         if not isinstance(kind, str):
             return self._error(RequestError('a client event is a JSON object with a string '
                                             '"type"', "invalid_event", "type"), event_id=eid)
+        if self._shutdown_ended and self.state is not State.OPEN:
+            # the server ended input (drain), not the client: no "after session.finish"
+            return self._send("error", error={
+                "type": "server_error", "code": "server_shutting_down",
+                "message": f"{kind[:64]} ignored: the server is shutting down; the audio "
+                           "received is being recognised, then the session closes (1001); "
+                           "reconnect to continue", "param": None, "event_id": eid})
         handler = self._handlers.get(kind)
         if handler is None:
             return self._error(RequestError(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from callscribe.protocols.common import ProtocolError
+from callscribe.wire import finite_number
 
 MODEL = "qwen3-asr-flash-realtime"
 #: the model and its dated snapshots (``qwen3-asr-flash-realtime-2025-10-27``)
@@ -79,7 +80,9 @@ def session_object(c: Config, session_id: str, model: str) -> dict[str, Any]:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or a finite float: NaN, Infinity and 1e400 (read as infinity) are not numbers
+    a parameter can take."""
+    return finite_number(v)
 
 
 def parse_session(s: dict[str, Any], cur: Config) -> Config:

@@ -15,11 +15,11 @@ a failed connection is not reused.
 
 from __future__ import annotations
 
-import json
 import math
 from enum import Enum
 from typing import Any, Callable
 
+from callscribe import wire
 from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL,
                                          CLOSE_TOO_BIG, AbortRecognition, AudioData, Close,
@@ -125,12 +125,10 @@ class RunTaskProtocol:
         if self.state is State.CLOSED:
             return
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            where = f" ({exc.msg} at position {exc.pos})" \
-                if isinstance(exc, json.JSONDecodeError) else ""
-            return self._fail(ProtocolError(f"text frame is not valid JSON{where}; control "
-                                            'messages are {"header": {...}, "payload": {...}}',
+            msg = wire.loads(text)
+        except wire.WireError as exc:
+            return self._fail(ProtocolError(f"text frame is {exc}; control messages are "
+                                            '{"header": {...}, "payload": {...}}',
                                             code="InvalidMessage"), close=CLOSE_INVALID_PAYLOAD)
         if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
             return self._fail(ProtocolError("message has no 'header' object; control messages "
