@@ -11,6 +11,15 @@ mode (``turn_detection: null``): the stream runs without endpointing and every
 ``input_audio_buffer.commit`` ends one item (:class:`CommitInput` -> ``Committed``).  Errors:
 client mistakes answer an ``error`` event of type ``invalid_request_error`` and keep the
 session; server failures answer ``server_error`` and close.  Codes are listed in the README.
+
+Limits on appended audio.  One append may carry at most ``max_append_ms`` of audio (the
+session's buffer, ``CALLSCRIBE_MAX_BUFFERED_AUDIO_MS``): pcm is measured here from its byte
+count and refused with ``audio_too_large`` before anything is decoded (the session goes on);
+opus is stopped by the decoder at that much output (DecodeLimitExceeded, also answered
+``audio_too_large``; the stream restarts with the next append, as after CorruptAudio).  Manual
+mode: an append that would take the audio since the last commit over 60 s is refused with
+``input_audio_buffer_too_long`` and not transcribed; the audio before it stays and can be
+committed (opus, whose length is known only once decoded: the uncommitted audio is discarded).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
+from callscribe.errors import AudioTooLarge, CallscribeError, DecodeLimitExceeded, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
                                          CLOSE_POLICY, AbortRecognition, AudioData, Close,
                                          CommitInput, FinishInput, Output, SendFrame,
@@ -76,10 +85,12 @@ class QwenRealtimeProtocol:
 
     def __init__(self, *, clock: Callable[[], float], model: str | None,
                  default_vad_threshold: float = 0.5, max_task_seconds: int = 4 * 3600,
+                 max_append_ms: int = 60_000,
                  ids: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
         self._clock, self._ids = clock, ids
         self.base_threshold = default_vad_threshold
         self.max_audio_ms = max_task_seconds * 1000
+        self.max_append_ms = max_append_ms
         self.session_id = "sess_" + ids()
         self.model = model or ""
         self.config = Config()
@@ -95,6 +106,7 @@ class QwenRealtimeProtocol:
         self._last_committed: str | None = None
         self._uncommitted = False
         self._commit_ms = 0
+        self._pcm_uncommitted_ms = 0.0  # pcm appended since the last commit (from byte counts)
         self._append_eid: str | None = None
         self._items = 0
         self._last_event_at = clock()
@@ -218,6 +230,22 @@ class QwenRealtimeProtocol:
             raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
         if not data:
             return
+        if self.config.format == "pcm":
+            ms = len(data) // 2 * 1000 / self.config.sample_rate
+            if ms > self.max_append_ms:
+                raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
+                                   f"{self.max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_"
+                                   "AUDIO_MS) may be sent in one event", "audio_too_large",
+                                   "audio")
+            if not self.config.vad and \
+                    self._pcm_uncommitted_ms + ms > MAX_UNCOMMITTED_MS:
+                raise RequestError(
+                    f"this append would take the audio since the last commit to "
+                    f"{(self._pcm_uncommitted_ms + ms) / 1000:.1f} s; at most "
+                    f"{MAX_UNCOMMITTED_MS // 1000} s fit in one item: commit first. The append "
+                    "was refused; the audio before it is kept", "input_audio_buffer_too_long",
+                    "audio")
+            self._pcm_uncommitted_ms += ms
         st = self._stream or self._open_stream()
         st.pending += 1
         self._uncommitted = True
@@ -261,6 +289,7 @@ class QwenRealtimeProtocol:
         assert self._stream is not None
         self._uncommitted = False
         self._commit_ms = self._now_ms()
+        self._pcm_uncommitted_ms = 0.0
         self._outputs.append(CommitInput(self._stream.sid, discard))
 
     def _on_finish(self, msg: dict[str, Any]) -> None:
@@ -423,6 +452,8 @@ class QwenRealtimeProtocol:
         st = self._current(task_id)
         if st is None:
             return
+        if isinstance(error, DecodeLimitExceeded):
+            error = RequestError(error.message, "audio_too_large", "audio")
         code, message, close = wire_error(error)
         for item in (*self._awaiting, self._open, self._speech):
             if item is not None and not item.implicit:
@@ -437,6 +468,7 @@ class QwenRealtimeProtocol:
         self._awaiting.clear()
         self._open = self._speech = None
         self._uncommitted = False
+        self._pcm_uncommitted_ms = 0.0
         self._error(error, event_id=self._append_eid, param="audio")
 
     # --- lifecycle ---------------------------------------------------------------------------
