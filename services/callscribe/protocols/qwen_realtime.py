@@ -232,11 +232,6 @@ class QwenRealtimeProtocol:
             return
         if self.config.format == "pcm":
             ms = len(data) // 2 * 1000 / self.config.sample_rate
-            if ms > self.max_append_ms:
-                raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
-                                   f"{self.max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_"
-                                   "AUDIO_MS) may be sent in one event", "audio_too_large",
-                                   "audio")
             if not self.config.vad and \
                     self._pcm_uncommitted_ms + ms > MAX_UNCOMMITTED_MS:
                 raise RequestError(
@@ -245,6 +240,11 @@ class QwenRealtimeProtocol:
                     f"{MAX_UNCOMMITTED_MS // 1000} s fit in one item: commit first. The append "
                     "was refused; the audio before it is kept", "input_audio_buffer_too_long",
                     "audio")
+            if ms > self.max_append_ms:
+                raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
+                                   f"{self.max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_"
+                                   "AUDIO_MS) may be sent in one event", "audio_too_large",
+                                   "audio")
             self._pcm_uncommitted_ms += ms
         st = self._stream or self._open_stream()
         st.pending += 1
