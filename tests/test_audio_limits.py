@@ -29,7 +29,7 @@ def test_one_input_decoding_to_more_than_the_budget_is_refused(fmt, rate, data):
     with pytest.raises(DecodeLimitExceeded) as exc:
         dec.feed(data)
     assert isinstance(exc.value, AudioTooLarge) and exc.value.code == "AudioTooLarge"
-    assert "60000 ms" in exc.value.message and "MAX_BUFFERED_AUDIO_MS" in exc.value.message
+    assert "60000 ms of audio" in exc.value.message and "MAX_BUFFERED_AUDIO_MS" in exc.value.message
 
 
 def test_the_amr_decoder_stops_at_the_budget_instead_of_decoding_everything():
@@ -100,3 +100,13 @@ def test_a_valid_eight_channel_wav_still_decodes():
     frames = np.zeros((100, 8), np.int16).tobytes()
     out = open_decoder("wav").feed(wav_header(8, 16000, bits=16, data_size=len(frames)) + frames)
     assert out.shape == (8, 100)
+
+
+def test_the_budget_counts_every_channel():
+    dec = open_decoder("wav", max_feed_ms=LIMIT_MS)
+    stereo_40s = wav_header(2, 8000, bits=16) + bytes(8000 * 4 * 40)  # 80 s over 2 channels
+    with pytest.raises(DecodeLimitExceeded):
+        dec.feed(stereo_40s)
+    out = open_decoder("wav", max_feed_ms=LIMIT_MS).feed(
+        wav_header(2, 8000, bits=16) + bytes(8000 * 4 * 30))  # 60 s over 2 channels: fine
+    assert out.shape[0] == 2 and out.shape[1] > 0

@@ -9,7 +9,9 @@ Bounds, so that no input can make the decoder allocate much more than it is wort
 * every header's channel count, sample rate and sample size is checked against
   :data:`MAX_CHANNELS` / :data:`MIN_RATE`..:data:`MAX_RATE` (:func:`check_layout`) before
   anything is sized from it (a WAV header claiming 65535 channels is refused, not resampled);
-* one ``feed()``/``finish()`` call produces at most ``call_limit_ms`` of audio: a back end
+* one ``feed()``/``finish()`` call produces at most ``call_limit_ms`` of audio (counted over
+  all channels, so the memory of one call is at most ``call_limit_ms`` at the source rate of
+  one channel, whatever the layout): a back end
   calls :meth:`Backend.spend` *before* it decodes or converts each piece, so compressed input
   that expands enormously (one-byte AMR NO_DATA frames, one-byte Opus packets) stops with
   :class:`~callscribe.errors.DecodeLimitExceeded` after at most that much audio, instead of
@@ -56,15 +58,17 @@ class Backend:
         """A new feed()/finish() call starts: its output budget is full again."""
         self._call_ms = 0.0
 
-    def spend(self, samples: int, rate: int | None) -> None:
-        """Account for ``samples`` (per channel, at ``rate``) about to be produced; raise
-        DecodeLimitExceeded when this call's output would exceed ``call_limit_ms``."""
+    def spend(self, samples: int, rate: int | None, channels: int | None = 1) -> None:
+        """Account for ``samples`` (per channel, at ``rate``, times ``channels``: the budget
+        counts every channel) about to be produced; raise DecodeLimitExceeded when this
+        call's output would exceed ``call_limit_ms``."""
         if self.call_limit_ms is None or not rate or samples <= 0:
             return
-        self._call_ms += samples * 1000.0 / rate
+        self._call_ms += samples * (channels or 1) * 1000.0 / rate
         if self._call_ms > self.call_limit_ms:
             raise DecodeLimitExceeded(
-                f"{self.fmt}: one input decodes to more than {self.call_limit_ms} ms of audio, "
+                f"{self.fmt}: one input decodes to more than {self.call_limit_ms} ms of audio "
+                "(all channels counted), "
                 f"the most a session may buffer (CALLSCRIBE_MAX_BUFFERED_AUDIO_MS="
                 f"{self.call_limit_ms}); send the audio in smaller pieces")
 
@@ -182,7 +186,7 @@ def decode_packet(ctx, packet, backend: Backend | None = None) -> list[np.ndarra
     for f in ctx.decode(packet):
         if f.samples:
             if backend is not None:
-                backend.spend(f.samples, f.sample_rate)
+                backend.spend(f.samples, f.sample_rate, f.layout.nb_channels)
             out.append(frame_to_float(f))
     return out
 

@@ -59,7 +59,7 @@ class M4aBackend(Backend):
                 for frame in container.decode(stream):
                     check_layout("m4a", "audio track", channels=frame.layout.nb_channels,
                                  rate=frame.sample_rate)
-                    self.spend(frame.samples, frame.sample_rate)
+                    self.spend(frame.samples, frame.sample_rate, frame.layout.nb_channels)
                     arr = frame_to_float(frame)
                     if arr.shape[1]:
                         if self.channels is None:

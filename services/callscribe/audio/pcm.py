@@ -112,7 +112,7 @@ class RawBackend(Backend):
         self._conv = SampleConverter(self._KIND[fmt], channels)
 
     def feed(self, data: bytes) -> list[Chunk]:
-        self.spend(self._conv.frames_in(len(data)), self.rate)
+        self.spend(self._conv.frames_in(len(data)), self.rate, self.channels)
         arr = self._conv.feed(data)
         return [] if arr is None else [(arr, self.rate)]
 

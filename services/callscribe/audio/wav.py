@@ -206,7 +206,7 @@ class WavBackend(Backend):
             self._data_left -= len(part)
         self._offset += len(part)
         assert self._conv is not None and self.rate is not None
-        self.spend(self._conv.frames_in(len(part)), self.rate)
+        self.spend(self._conv.frames_in(len(part)), self.rate, self.channels)
         arr = self._conv.feed(part)
         if arr is not None:
             out.append((arr, self.rate))
