@@ -224,14 +224,10 @@ class QwenRealtimeProtocol:
         if len(audio) > MAX_APPEND_B64:
             raise RequestError(f"the audio field has {len(audio)} characters; one append takes "
                                f"at most {MAX_APPEND_B64} (15 MiB)", "audio_too_large", "audio")
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
-        if not data:
-            return
-        if self.config.format == "pcm":
-            ms = len(data) // 2 * 1000 / self.config.sample_rate
+        ms = 0.0
+        if self.config.format == "pcm":  # measured before decoding: nothing too big is decoded
+            nbytes = len(audio) // 4 * 3 - audio[-2:].count("=")
+            ms = nbytes // 2 * 1000 / self.config.sample_rate
             if not self.config.vad and \
                     self._pcm_uncommitted_ms + ms > MAX_UNCOMMITTED_MS:
                 raise RequestError(
@@ -245,7 +241,13 @@ class QwenRealtimeProtocol:
                                    f"{self.max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_"
                                    "AUDIO_MS) may be sent in one event", "audio_too_large",
                                    "audio")
-            self._pcm_uncommitted_ms += ms
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
+        if not data:
+            return
+        self._pcm_uncommitted_ms += ms
         st = self._stream or self._open_stream()
         st.pending += 1
         self._uncommitted = True
