@@ -70,6 +70,7 @@ class Connection:
         #: set while the outbox is below its bound: the reader may read the next frame
         self._room = asyncio.Event()
         self._room.set()
+        self._writer_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._input_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -168,7 +169,8 @@ class Connection:
         self.log.warning("closing a client that does not read its results",
                          unsent_bytes=self._outbox_bytes, unsent_frames=len(self._outbox),
                          timeout_s=timeout, close_code=CLOSE_POLICY)
-        self._writer_task.cancel()
+        if self._writer_task is not None:
+            self._writer_task.cancel()
         self._outbox.clear()
         self._outbox_bytes = 0
         try:
