@@ -10,6 +10,7 @@ that is the point (RSS of this process: the gateway runs in it).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -359,12 +360,24 @@ def test_a_stalled_loop_does_not_time_out_a_client_whose_frames_wait(server, jfk
 
     monkeypatch.setattr(run_task, "NO_DATA_TIMEOUT_S", 2.0)
 
-    def hostile():
-        done = threading.Event()
+    loop, stall_s = loop_thread.loop, 3.0
 
-        def stall() -> None:
-            time.sleep(3.0)  # the injected fault: the loop does nothing else for 3 s
-            done.set()
-        loop_thread.loop.call_soon_threadsafe(stall)
-        assert done.wait(30)
+    def hostile():
+        deadline = time.monotonic() + 30
+        while True:
+            stalled: concurrent.futures.Future = concurrent.futures.Future()
+
+            def stall() -> None:  # runs on the server's loop, woken from this thread
+                # only once the neighbour's no-data timer is armed to fall due during the stall
+                # (it is not armed while one of its frames is being decoded)
+                armed = [c for c in server.connections
+                         if c._timer is not None and c._timer_at is not None
+                         and c._timer_at < loop.time() + stall_s]
+                if armed:
+                    time.sleep(stall_s)  # the injected fault: the loop does nothing else
+                stalled.set_result(bool(armed))
+            loop.call_soon_threadsafe(stall)
+            if stalled.result(30):
+                return
+            assert time.monotonic() < deadline, "the neighbour's timer was never armed"
     beside_neighbour(server, jfk, baseline, hostile)
