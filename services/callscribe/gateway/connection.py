@@ -231,7 +231,7 @@ class Connection:
                 hotwords=tuple(hotwords), disfluency_removal=o.disfluency_removal,
                 itn=s.itn_enabled if o.itn is None else o.itn, partials=True,
                 context=o.context, vad_threshold=o.vad_threshold, endpointing=o.endpointing,
-                extra={"task_id": tid}))
+                progress=True, extra={"task_id": tid}))
         except Exception as exc:  # reported to the client as task-failed
             self._log_exc("task start failed", tid, exc)
             self.proto.recognition_failed(tid, exc)

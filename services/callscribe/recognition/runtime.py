@@ -58,6 +58,9 @@ class StreamOptions:
     vad_threshold: float | None = None
     #: False: silence never ends a sentence, the caller ends sentences with ``commit()``
     endpointing: bool = True
+    #: emit :class:`~callscribe.recognition.events.Progress` after every processing step
+    #: (protocols with audio-time timers ask for it)
+    progress: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -130,7 +133,8 @@ class Runtime:
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
         decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate,
                                max_feed_ms=self.settings.max_buffered_audio_ms)
-        return AsyncStream(self, self.new_session(opts), decoder, opts.channel)
+        return AsyncStream(self, self.new_session(opts), decoder, opts.channel,
+                           progress=opts.progress)
 
     def close(self) -> None:
         self.ready = False
@@ -147,8 +151,10 @@ class AsyncStream:
     #: seconds ``put`` may wait for recognition to catch up before giving up
     backpressure_deadline_s = 60.0
 
-    def __init__(self, runtime: Runtime, session: RecognitionSession, decoder, channel: int) -> None:
+    def __init__(self, runtime: Runtime, session: RecognitionSession, decoder, channel: int,
+                 *, progress: bool = False) -> None:
         self.runtime = runtime
+        self.progress = progress
         self.session = session
         self.decoder = decoder
         self.channel = channel
@@ -254,7 +260,8 @@ class AsyncStream:
                     self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()
-                    events.append(Progress(self.session.audio_ms - self.session.pending_ms))
+                    if self.progress:
+                        events.append(Progress(self.session.audio_ms - self.session.pending_ms))
                     for ev in events:
                         await self._events.put(ev)
                 if self.session.done:
