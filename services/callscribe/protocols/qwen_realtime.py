@@ -11,15 +11,9 @@ mode (``turn_detection: null``): the stream runs without endpointing and every
 ``input_audio_buffer.commit`` ends one item (:class:`CommitInput` -> ``Committed``).  Errors:
 client mistakes answer an ``error`` event of type ``invalid_request_error`` and keep the
 session; server failures answer ``server_error`` and close.  Codes are listed in the README.
-
-Limits on appended audio.  One append may carry at most ``max_append_ms`` of audio (the
-session's buffer, ``CALLSCRIBE_MAX_BUFFERED_AUDIO_MS``): pcm is measured here from its byte
-count and refused with ``audio_too_large`` before anything is decoded (the session goes on);
-opus is stopped by the decoder at that much output (DecodeLimitExceeded, also answered
-``audio_too_large``; the stream restarts with the next append, as after CorruptAudio).  Manual
-mode: an append that would take the audio since the last commit over 60 s is refused with
-``input_audio_buffer_too_long`` and not transcribed; the audio before it stays and can be
-committed (opus, whose length is known only once decoded: the uncommitted audio is discarded).
+Limits on appended audio: :func:`~callscribe.protocols.qwen_session.check_pcm_append`;
+opus is stopped by the decoder (DecodeLimitExceeded, answered ``audio_too_large``; the stream
+restarts with the next append, as after CorruptAudio).
 """
 
 from __future__ import annotations
@@ -40,7 +34,8 @@ from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
 from callscribe.protocols.qwen_session import (MODEL, MODEL_RE, Config, RequestError,
-                                               parse_session, vad_probability)
+                                               check_pcm_append, parse_session,
+                                               vad_probability)
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
@@ -224,23 +219,8 @@ class QwenRealtimeProtocol:
         if len(audio) > MAX_APPEND_B64:
             raise RequestError(f"the audio field has {len(audio)} characters; one append takes "
                                f"at most {MAX_APPEND_B64} (15 MiB)", "audio_too_large", "audio")
-        ms = 0.0
-        if self.config.format == "pcm":  # measured before decoding: nothing too big is decoded
-            nbytes = len(audio) // 4 * 3 - audio[-2:].count("=")
-            ms = nbytes // 2 * 1000 / self.config.sample_rate
-            if not self.config.vad and \
-                    self._pcm_uncommitted_ms + ms > MAX_UNCOMMITTED_MS:
-                raise RequestError(
-                    f"this append would take the audio since the last commit to "
-                    f"{(self._pcm_uncommitted_ms + ms) / 1000:.1f} s; at most "
-                    f"{MAX_UNCOMMITTED_MS // 1000} s fit in one item: commit first. The append "
-                    "was refused; the audio before it is kept", "input_audio_buffer_too_long",
-                    "audio")
-            if ms > self.max_append_ms:
-                raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
-                                   f"{self.max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_"
-                                   "AUDIO_MS) may be sent in one event", "audio_too_large",
-                                   "audio")
+        ms = check_pcm_append(audio, self.config, self._pcm_uncommitted_ms,
+                              self.max_append_ms, MAX_UNCOMMITTED_MS)
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):

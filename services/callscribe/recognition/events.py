@@ -82,4 +82,5 @@ class Progress:
     processed_ms: int
 
 
-Event = SpeechStarted | Partial | FinalSentence | SpeechStopped | Committed | Progress
+Event = (SpeechStarted | Partial | FinalSentence | SpeechStopped | Committed
+         | Progress)
