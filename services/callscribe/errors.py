@@ -54,6 +54,11 @@ class AudioTooLarge(AudioError):
     code = "AudioTooLarge"
 
 
+class DecodeLimitExceeded(AudioTooLarge):
+    """One input (a run-task frame, a Qwen append) decodes to more audio than a session may
+    buffer (``CALLSCRIBE_MAX_BUFFERED_AUDIO_MS``); the decoder stopped before producing it."""
+
+
 # --- model / engine ----------------------------------------------------------------------
 
 

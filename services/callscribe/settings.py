@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_sessions_per_key: int = Field(default=8, ge=1)
     #: Largest WebSocket frame accepted (bytes).
     max_frame_bytes: int = Field(default=1 << 20, ge=1024)
+    #: Bytes of results that may wait to be sent to one client.  Above it the server stops
+    #: reading that client (TCP flow control slows it) until it reads its results.
+    max_outbox_bytes: int = Field(default=1 << 20, ge=64 * 1024, le=256 << 20)
+    #: A client whose unsent results stay above ``max_outbox_bytes`` for this long (s) is
+    #: closed with 1008 "client does not read its results".
+    slow_reader_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
     #: Longest task (seconds of audio) accepted.
     max_task_seconds: int = Field(default=4 * 3600, ge=10)
     #: SQLite file for hotword vocabularies.

@@ -69,7 +69,7 @@ def endpoints(s: Settings) -> dict[str, Endpoint]:
     def realtime(clock: Callable[[], float], query: dict[str, str]) -> Machine:
         return qwen_realtime.QwenRealtimeProtocol(
             clock=clock, model=query.get("model"), default_vad_threshold=s.vad_threshold,
-            max_task_seconds=s.max_task_seconds)
+            max_task_seconds=s.max_task_seconds, max_append_ms=s.max_buffered_audio_ms)
 
     return {INFERENCE_PATH: Endpoint(s.max_frame_bytes, MAX_QUEUED_FRAMES, run_task),
             # a Qwen append carries up to 15 MiB of base64: a bigger frame, fewer queued
