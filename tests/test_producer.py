@@ -227,7 +227,7 @@ def test_cli_produce(kafka_broker: KafkaBroker, stereo_call, capsys) -> None:
         status = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert status == {t: "created" if action == "create" else "exists" for t in (
             settings.kafka_topic_audio, settings.kafka_topic_transcripts,
-            settings.kafka_topic_dead_letters)}
+            settings.kafka_topic_dead_letters, settings.kafka_topic_analytics)}
     args = parser.parse_args(["produce", "--call-id", call_id, str(stereo_call[0]),
                               "--channels", ",customer", "--language", "en,de",
                               "--hotword", "Dashwood:5", "--hotword", "滨海新区",

@@ -1,5 +1,6 @@
 """``callscribe bench``: load, capacity search and soak, with a summary table, JSON and plots.
 
+    callscribe bench abuse                      # issue 13's hostile cases (benchmark/abuse.py)
     callscribe bench load --mode standalone --clients 4
     callscribe bench capacity --mode standalone --max 12
     callscribe bench soak --mode standalone --clients 4 --minutes 10
@@ -22,8 +23,14 @@ from callscribe.settings import Settings
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: load, capacity search, soak")
+    p = subparsers.add_parser("bench", help="benchmarks: load, capacity search, soak, abuse")
     sub = p.add_subparsers(dest="bench_command", required=True)
+    a = sub.add_parser("abuse", help="hostile clients beside a good session: /healthz latency, "
+                                     "good session finish latency, RSS per case")
+    a.add_argument("--audio", default=os.environ.get("CALLSCRIBE_TEST_AUDIO", "../shared/audio"),
+                   help="folder with en_jfk_16k.wav")
+    a.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    a.set_defaults(func=run_abuse_bench)
     for name, helptext in (("load", "one run at a fixed number of concurrent clients"),
                            ("capacity", "the largest N within the latency bounds"),
                            ("soak", "a fixed load for a set time: RSS and latency drift")):
@@ -160,3 +167,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\nsoak drift: {doc['drift']}")
     print(f"\nresults: {out}")
     return 0
+
+
+def run_abuse_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from callscribe.benchmark.abuse import run_abuse
+
+    return run_abuse(Path(args.audio), [c for c in args.cases.split(",") if c] or None)

@@ -54,6 +54,11 @@ class AudioTooLarge(AudioError):
     code = "AudioTooLarge"
 
 
+class DecodeLimitExceeded(AudioTooLarge):
+    """One input (a run-task frame, a Qwen append) decodes to more audio than a session may
+    buffer (``CALLSCRIBE_MAX_BUFFERED_AUDIO_MS``); the decoder stopped before producing it."""
+
+
 # --- model / engine ----------------------------------------------------------------------
 
 
@@ -83,4 +88,38 @@ class Overloaded(CallscribeError):
     """Admission refused: too many sessions or too much queued audio."""
 
     code = "Overloaded"
+    retriable = True
+
+
+# --- HTTP API (gateway/http.py maps these to ``{"request_id", "code", "message"}``) ------
+
+
+class HttpError(CallscribeError):
+    """An HTTP API request refused before it reached its handler; ``status`` is the HTTP
+    status of the JSON error response."""
+
+    status: int = 400
+    code = "InvalidParameter"
+
+
+class BadRequest(HttpError):
+    """Malformed request: a repeated header, an unreadable query parameter or JSON body."""
+
+    status = 400
+    code = "InvalidParameter"
+
+
+class ForbiddenOrigin(HttpError):
+    """No-key (loopback) mode: a ``Host`` that is not a loopback name, or an ``Origin`` of
+    another site (DNS rebinding, cross-site requests)."""
+
+    status = 403
+    code = "Forbidden"
+
+
+class QuotaExceeded(HttpError):
+    """A per-API-key quota (tokens, vocabularies) is used up; the message names the setting."""
+
+    status = 429
+    code = "Throttling"
     retriable = True

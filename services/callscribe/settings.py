@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_sessions_per_key: int = Field(default=8, ge=1)
     #: Largest WebSocket frame accepted (bytes).
     max_frame_bytes: int = Field(default=1 << 20, ge=1024)
+    #: Bytes of results that may wait to be sent to one client.  Above it the server stops
+    #: reading that client (TCP flow control slows it) until it reads its results.
+    max_outbox_bytes: int = Field(default=1 << 20, ge=64 * 1024, le=256 << 20)
+    #: A client whose unsent results stay above ``max_outbox_bytes`` for this long (s) is
+    #: closed with 1008 "client does not read its results".
+    slow_reader_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
     #: Longest task (seconds of audio) accepted.
     max_task_seconds: int = Field(default=4 * 3600, ge=10)
     #: SQLite file for hotword vocabularies.
@@ -85,6 +91,15 @@ class Settings(BaseSettings):
     #: WebSocket URL, for browsers; single use).  Also the most a client's
     #: ``expire_in_seconds`` may ask for.
     token_ttl_s: int = Field(default=60, ge=1, le=1800)
+    #: Outstanding (issued, unused, unexpired) WebSocket tokens one API key may hold; HTTP 429
+    #: beyond.  The process holds at most this many per configured key, so one key minting
+    #: tokens as fast as it can never locks another key out.
+    token_max_per_key: int = Field(default=1000, ge=1, le=100000)
+    #: Vocabularies one API key may store (HTTP 403 ``VocabularyQuotaExceeded`` beyond).
+    vocabulary_max_per_key: int = Field(default=100, ge=1, le=100000)
+    #: Total size (bytes of stored entries, ~100 bytes per entry) of one API key's
+    #: vocabularies; a full 500-entry vocabulary is 25-50 KB.
+    vocabulary_max_bytes_per_key: int = Field(default=4 << 20, ge=1024, le=1 << 30)
 
     # --- logs ----------------------------------------------------------------------------
     #: ``json`` for production, ``console`` for a terminal, ``auto`` picks by isatty.

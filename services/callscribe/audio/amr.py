@@ -82,6 +82,8 @@ class AmrBackend(Backend):
             if pos + 1 + size > len(buf):
                 break
             frame = buf[pos : pos + 1 + size]
+            # every frame is 20 ms (even a one-byte NO_DATA frame): charge it before decoding
+            self.spend(frames_per_call, self.rate)
             if ft > speech and not self._opencore:  # SID / NO_DATA: native decoders can't
                 arrays.append(np.zeros((1, frames_per_call), dtype=np.float32))
             else:

@@ -18,7 +18,7 @@ from ..errors import (
     UnsupportedFormat,
 )
 from .amr import AmrBackend
-from .base import Backend, Chunk, empty
+from .base import MAX_CHANNELS, Backend, Chunk, check_layout, empty
 from .flac import FlacBackend
 from .formats import RAW_FORMATS, canonical_format
 from .m4a import M4aBackend
@@ -28,7 +28,7 @@ from .pcm import RawBackend
 from .wav import WavBackend
 
 _MAX_RATE = 384_000
-_MAX_CHANNELS = 32
+_MAX_CHANNELS = MAX_CHANNELS
 _WRAPPED = (av.error.FFmpegError, struct.error, IndexError, ValueError, KeyError, OverflowError,
             EOFError, ZeroDivisionError)
 
@@ -76,6 +76,13 @@ class StreamDecoder:
     SampleRateMismatch (a declared rate the container contradicts, or a raw format without
     a rate), AudioTooLarge, AudioError (declared channels the container contradicts).
     Once an error is raised the decoder is dead: later calls raise it again.
+
+    ``max_feed_ms``: the most audio one ``feed()`` (or ``finish()``) may produce.  The back
+    end stops as soon as it would go past it, before decoding the rest, and raises
+    DecodeLimitExceeded (an AudioTooLarge): a small compressed input cannot expand into
+    minutes of audio and gigabytes of memory.  None: no limit (whole files).  Channel counts,
+    rates and sample sizes of every header are checked before anything is sized from them
+    (UnsupportedFormat: at most 8 channels, 4000..384000 Hz).
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class StreamDecoder:
         *,
         target_rate: int = 16000,
         max_buffer_bytes: int = 64 << 20,
+        max_feed_ms: int | None = None,
     ) -> None:
         fmt = canonical_format(format)
         if sample_rate is not None and not (
@@ -104,7 +112,10 @@ class StreamDecoder:
         self.max_buffer_bytes = max_buffer_bytes
         self._declared_rate = sample_rate
         self._declared_channels = channels
+        if max_feed_ms is not None and not (isinstance(max_feed_ms, int) and max_feed_ms > 0):
+            raise ConfigurationError(f"invalid max_feed_ms {max_feed_ms!r}")
         self._backend = _make_backend(fmt, sample_rate, channels, max_buffer_bytes)
+        self._backend.call_limit_ms = max_feed_ms
         self.channels: int | None = self._backend.channels
         self.source_rate: int | None = self._backend.rate
         self.bytes_in = 0
@@ -126,6 +137,7 @@ class StreamDecoder:
             return self._empty()
         data = bytes(data)
         self.bytes_in += len(data)
+        self._backend.begin_call()
         chunks = self._call(self._backend.feed, data)
         out = self._call(self._emit, chunks, False)
         self._call(self._watchdog, chunks)
@@ -137,6 +149,7 @@ class StreamDecoder:
         if self._finished:
             return self._empty()
         self._finished = True
+        self._backend.begin_call()
         chunks = self._call(self._backend.finish)
         return self._call(self._emit, chunks, True)
 
@@ -178,6 +191,10 @@ class StreamDecoder:
     def _learn(self) -> None:
         """Copy rate/channels from the back end once known, checking declared values."""
         b = self._backend
+        if (self.source_rate is None and b.rate) or (self.channels is None and b.channels):
+            # before any resampler or buffer is sized from them, whatever the container
+            check_layout(b.fmt, b.rate_source, channels=b.channels or None,
+                         rate=None if b.rate_source == "caller" else (b.rate or None))
         if self.source_rate is None and b.rate:
             if b.check_rate and self._declared_rate and self._declared_rate != b.rate:
                 raise SampleRateMismatch(
@@ -258,14 +275,17 @@ def open_decoder(
     *,
     target_rate: int = 16000,
     max_buffer_bytes: int = 64 << 20,
+    max_feed_ms: int | None = None,
 ) -> StreamDecoder:
     """Create a :class:`StreamDecoder` for ``format`` (a name in SUPPORTED_FORMATS or an alias).
 
     ``sample_rate`` is required for pcm/mulaw/alaw (``channels`` defaults to 1 there); for
-    containers it is optional and must match the stream when given.
+    containers it is optional and must match the stream when given.  ``max_feed_ms``: see
+    :class:`StreamDecoder`.
     """
     return StreamDecoder(
-        format, sample_rate, channels, target_rate=target_rate, max_buffer_bytes=max_buffer_bytes
+        format, sample_rate, channels, target_rate=target_rate, max_buffer_bytes=max_buffer_bytes,
+        max_feed_ms=max_feed_ms,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import av
 
 from ..errors import CorruptAudio
-from .base import STALL_LIMIT, Backend, Chunk, Skipper, decode_packet
+from .base import STALL_LIMIT, Backend, Chunk, Skipper, check_layout, decode_packet
 
 _RATE_CODES = (0, 88200, 176400, 192000, 8000, 16000, 22050, 24000, 32000, 44100, 48000, 96000)
 
@@ -158,6 +158,8 @@ class FlacBackend(Backend):
         max_frame = int.from_bytes(info[7:10], "big")
         if rate == 0:
             raise CorruptAudio("flac: STREAMINFO says the sample rate is 0")
+        check_layout("flac", "STREAMINFO", channels=self.channels, rate=rate,
+                     bits=((bits >> 36) & 0x1F) + 1)
         self.rate = rate
         self._limit = max(STALL_LIMIT, min(2 * max_frame, self.max_buffer_bytes))
         self.stall_limit = self._limit + STALL_LIMIT
@@ -221,9 +223,9 @@ class FlacBackend(Backend):
     def _decode(self, frame: bytes, at: int, out: list[Chunk], final: bool = False) -> None:
         assert self._ctx is not None and self.rate is not None
         try:
-            arrays = decode_packet(self._ctx, av.Packet(frame))
+            arrays = decode_packet(self._ctx, av.Packet(frame), self)
             if final:
-                arrays += decode_packet(self._ctx, None)
+                arrays += decode_packet(self._ctx, None, self)
         except av.error.FFmpegError as exc:
             if final:  # a truncated last frame: drop it
                 return

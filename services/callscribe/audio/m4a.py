@@ -14,7 +14,7 @@ import io
 import av
 
 from ..errors import CorruptAudio
-from .base import Backend, Chunk, frame_to_float
+from .base import Backend, Chunk, check_layout, frame_to_float
 
 _TOP_LEVEL = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"pnot",
               b"meta", b"moof", b"mfra", b"sidx", b"pdin", b"prft"}
@@ -57,6 +57,9 @@ class M4aBackend(Backend):
                     raise CorruptAudio("m4a: the file has no audio track")
                 stream = streams[0]
                 for frame in container.decode(stream):
+                    check_layout("m4a", "audio track", channels=frame.layout.nb_channels,
+                                 rate=frame.sample_rate)
+                    self.spend(frame.samples, frame.sample_rate, frame.layout.nb_channels)
                     arr = frame_to_float(frame)
                     if arr.shape[1]:
                         if self.channels is None:

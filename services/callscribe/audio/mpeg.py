@@ -190,7 +190,7 @@ class _SyncBackend(Backend):
             self.meta_bytes += len(frame)
             return
         try:
-            arrays = decode_packet(self._ctx, av.Packet(frame))
+            arrays = decode_packet(self._ctx, av.Packet(frame), self)
         except av.error.FFmpegError as exc:  # a damaged frame: count it as garbage
             self._last_error = str(exc)
             self._garbage_skip(len(frame), at)
@@ -213,7 +213,7 @@ class _SyncBackend(Backend):
             self._split(out, final=True)
         if self.frames:
             try:
-                self._collect(decode_packet(self._ctx, None), out)
+                self._collect(decode_packet(self._ctx, None, self), out)
             except av.error.FFmpegError:  # pragma: no cover - nothing left to salvage
                 pass
         if self.rate is None and self._offset > self.meta_bytes:

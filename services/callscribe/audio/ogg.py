@@ -19,7 +19,7 @@ import zlib
 import av
 
 from ..errors import CorruptAudio, UnsupportedFormat
-from .base import Backend, Chunk, Trimmer, decode_packet
+from .base import Backend, Chunk, Trimmer, check_layout, decode_packet
 
 _MAX_PAGE = 27 + 255 + 255 * 255
 _REV = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
@@ -134,7 +134,7 @@ class OggBackend(Backend):
             self._headers_left -= 1
             return False
         try:
-            arrays = decode_packet(self._ctx, av.Packet(pkt))
+            arrays = decode_packet(self._ctx, av.Packet(pkt), self)
         except av.error.FFmpegError as exc:
             raise CorruptAudio(f"{self.fmt}: undecodable packet in page at byte {at}: {exc}")
         produced = False
@@ -156,6 +156,7 @@ class OggBackend(Backend):
             if len(pkt) < 19 or pkt[8] >> 4 != 0 or pkt[9] == 0:
                 raise CorruptAudio(f"opus: bad OpusHead in page at byte {at}")
             channels = pkt[9]
+            check_layout("opus", "OpusHead", channels=channels)
             self._pre_skip = struct.unpack_from("<H", pkt, 10)[0]
             self._headers_left = 1  # OpusTags
             rate = 48000
@@ -193,7 +194,7 @@ class OggBackend(Backend):
         out: list[Chunk] = []
         if self._ctx is not None:
             try:
-                arrays = decode_packet(self._ctx, None)
+                arrays = decode_packet(self._ctx, None, self)
             except av.error.FFmpegError:  # pragma: no cover - nothing left to salvage
                 arrays = []
             for arr in arrays:

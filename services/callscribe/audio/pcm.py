@@ -76,6 +76,10 @@ class SampleConverter:
         self.frame_bytes = SAMPLE_WIDTH[kind] * channels
         self._rest = b""
 
+    def frames_in(self, nbytes: int) -> int:
+        """Whole frames (samples per channel) that ``feed`` of ``nbytes`` more would return."""
+        return (len(self._rest) + nbytes) // self.frame_bytes
+
     def feed(self, data: bytes) -> np.ndarray | None:
         if self._rest:
             data = self._rest + data
@@ -108,6 +112,7 @@ class RawBackend(Backend):
         self._conv = SampleConverter(self._KIND[fmt], channels)
 
     def feed(self, data: bytes) -> list[Chunk]:
+        self.spend(self._conv.frames_in(len(data)), self.rate, self.channels)
         arr = self._conv.feed(data)
         return [] if arr is None else [(arr, self.rate)]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import CorruptAudio, UnsupportedFormat
-from .base import STALL_LIMIT, Backend, Chunk, Skipper
+from .base import STALL_LIMIT, Backend, Chunk, Skipper, check_layout
 from .pcm import SAMPLE_WIDTH, SampleConverter
 
 _FMT_MAX = 4096  # a fmt chunk is 16..40 bytes; anything this big is not a wav
@@ -80,8 +80,7 @@ class WavBackend(Backend):
             if len(body) < 40:
                 raise CorruptAudio("wav: WAVE_FORMAT_EXTENSIBLE fmt chunk shorter than 40 bytes")
             tag = struct.unpack_from("<H", body, 24)[0]  # first two bytes of the sub-format GUID
-        if channels < 1 or rate < 1:
-            raise CorruptAudio(f"wav: header says {channels} channels at {rate} Hz")
+        check_layout("wav", "wav header", channels=channels, rate=rate, bits=bits)
         kind = _layout(tag, bits)
         if kind is None:
             name = _TAG_NAMES.get(tag, "")
@@ -226,6 +225,7 @@ class WavBackend(Backend):
             self._data_left -= len(part)
         self._offset += len(part)
         assert self._conv is not None and self.rate is not None
+        self.spend(self._conv.frames_in(len(part)), self.rate, self.channels)
         arr = self._conv.feed(part)
         if arr is not None:
             out.append((arr, self.rate))

@@ -9,6 +9,17 @@ gateway's (:mod:`callscribe.gateway.server`) and the same for every protocol.
 Audio and commits go to the recognizer under one lock, in output order, through ``await
 stream.put()``, which waits when recognition falls behind; while it waits this connection's
 socket is not read (TCP flow control pushes back on the client).
+
+Frames to send wait in a bounded outbox: above ``CALLSCRIBE_MAX_OUTBOX_BYTES`` of unsent
+frames the socket is not read until the client has read its results down to half of that;
+a client that stays above the bound for ``CALLSCRIBE_SLOW_READER_TIMEOUT_S`` is closed with
+1008 ``client does not read its results`` (its unsent frames are dropped; the close frame is
+sent if the socket takes it within 2 s, else the TCP connection is cut).
+
+Timers are the machine's deadlines, armed as loop timers.  A timer that fires while frames
+from this client wait, received but not yet handled (the loop was busy with other sessions'
+work), does nothing: handling those frames re-arms it, so no client is timed out because the
+server was late reading it.
 """
 
 from __future__ import annotations
@@ -24,9 +35,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from callscribe.errors import CallscribeError
-from callscribe.protocols.common import (AbortRecognition, AudioData, Close, CommitInput,
-                                         FinishInput, Machine, SendFrame, StartRecognition,
-                                         TaskReport)
+from callscribe.protocols.common import (CLOSE_POLICY, AbortRecognition, AudioData, Close,
+                                         CommitInput, FinishInput, Machine, SendFrame,
+                                         StartRecognition, TaskReport)
 from callscribe.recognition.vocabulary import VocabularyNotFound
 
 if TYPE_CHECKING:
@@ -34,6 +45,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("callscribe.gateway")
 _conn_ids = itertools.count(1)
+#: close reason (code 1008) for a client that does not read its results (README)
+SLOW_READER_REASON = "client does not read its results"
+#: how long the close frame of a slow reader may take to be accepted before TCP is cut (s)
+SLOW_READER_CLOSE_S = 2.0
 
 
 class Connection:
@@ -50,6 +65,12 @@ class Connection:
         self.stream_tid: str | None = None
         self.pump: asyncio.Task | None = None
         self._outbox: collections.deque[SendFrame | Close] = collections.deque()
+        self._outbox_bytes = 0
+        self._max_outbox = gw.settings.max_outbox_bytes
+        #: set while the outbox is below its bound: the reader may read the next frame
+        self._room = asyncio.Event()
+        self._room.set()
+        self._writer_task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._input_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -58,7 +79,7 @@ class Connection:
         self._spans: dict[str, Any] = {}
 
     async def run(self) -> None:
-        writer = asyncio.create_task(self._writer())
+        writer = self._writer_task = asyncio.create_task(self._writer())
         lost_code = None
         try:
             await self._drain()  # what the protocol says on connect (Qwen: session.created)
@@ -68,6 +89,9 @@ class Connection:
                 else:
                     self.proto.receive_binary(message)
                 await self._drain()
+                if not self._room.is_set() and not await self._wait_for_room():
+                    lost_code = "SlowReader"
+                    break
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:
                 lost_code = "FrameTooLarge"
@@ -95,6 +119,10 @@ class Connection:
             for out in outputs:
                 if isinstance(out, (SendFrame, Close)):
                     self._outbox.append(out)
+                    if isinstance(out, SendFrame):
+                        self._outbox_bytes += len(out.text)
+                        if self._outbox_bytes > self._max_outbox:
+                            self._room.clear()
                     self._wake.set()
                 elif isinstance(out, AudioData):
                     await self._put(out)
@@ -120,11 +148,38 @@ class Connection:
             try:
                 if isinstance(item, SendFrame):
                     await self.ws.send(item.text)
+                    self._outbox_bytes -= len(item.text)
+                    if self._outbox_bytes <= self._max_outbox // 2:
+                        self._room.set()
                 else:
                     await self.ws.close(item.code, item.reason)
                     return
             except ConnectionClosed:
                 return
+
+    async def _wait_for_room(self) -> bool:
+        """The outbox is over its bound: wait (not reading) until the client reads its results;
+        False when it did not within the deadline, after closing the connection."""
+        timeout = self.gw.settings.slow_reader_timeout_s
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+            return True
+        except TimeoutError:
+            pass
+        self.log.warning("closing a client that does not read its results",
+                         unsent_bytes=self._outbox_bytes, unsent_frames=len(self._outbox),
+                         timeout_s=timeout, close_code=CLOSE_POLICY)
+        if self._writer_task is not None:
+            self._writer_task.cancel()
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        try:
+            await asyncio.wait_for(self.ws.close(CLOSE_POLICY, SLOW_READER_REASON),
+                                   SLOW_READER_CLOSE_S)
+        except (TimeoutError, ConnectionClosed):
+            pass
+        self.ws.transport.abort()
+        return False
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -142,6 +197,11 @@ class Connection:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
+        if len(self.ws.recv_messages.frames):
+            # the client did send: its frames wait behind other work; handling them re-arms
+            # the timer (and this one looks again in a second in case they do not)
+            self._timer = self.loop.call_later(1.0, self._on_timer)
+            return
         self.proto.handle_timers()
         self._spawn(self._drain())
 
@@ -171,7 +231,7 @@ class Connection:
                 hotwords=tuple(hotwords), disfluency_removal=o.disfluency_removal,
                 itn=s.itn_enabled if o.itn is None else o.itn, partials=True,
                 context=o.context, vad_threshold=o.vad_threshold, endpointing=o.endpointing,
-                extra={"task_id": tid}))
+                progress=True, extra={"task_id": tid}))
         except Exception as exc:  # reported to the client as task-failed
             self._log_exc("task start failed", tid, exc)
             self.proto.recognition_failed(tid, exc)
@@ -256,7 +316,7 @@ class Connection:
 
     def _report(self, r: TaskReport) -> None:
         m = self.gw.metrics
-        attrs = {"model": r.model, "protocol": self.proto.name}
+        attrs = m.task_attrs(r.model, self.proto.name)
         m.tasks.add(1, {**attrs, "outcome": r.outcome, "error_code": r.error_code or ""})
         m.audio.add(r.audio_ms / 1000, attrs)
         if r.first_package_delay_ms is not None:

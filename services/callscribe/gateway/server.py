@@ -15,7 +15,6 @@ websockets' receive buffer; audio goes to the recognizer with backpressure (see 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -25,19 +24,21 @@ from opentelemetry import metrics
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from callscribe.errors import ConfigurationError
-from callscribe.gateway.auth import ApiKeys, cross_site
+from callscribe.errors import ConfigurationError, HttpError
+from callscribe.gateway.auth import ApiKeys
 from callscribe.gateway.connection import Connection
-from callscribe.gateway.http import (VOCABULARY_PATH, error_response, handle_vocabulary,
-                                     install_body_parser, response, text_response)
+from callscribe.gateway.http import (VOCABULARY_PATH, check_no_key_request, error_response,
+                                     handle_vocabulary, header, install_body_parser,
+                                     is_loopback, refusal, response, text_response,
+                                     without_body)
 from callscribe.gateway.limits import Admission
 from callscribe.gateway.static import StaticFiles
-from callscribe.gateway.tokens import (AUTH_INFO_PATH, TOKENS_PATH, TokenStore,
+from callscribe.gateway.tokens import (AUTH_INFO_PATH, MAX_TOKENS, TOKENS_PATH, TokenStore,
                                        handle_auth_info, handle_tokens)
 from callscribe.protocols import qwen_realtime
-from callscribe.protocols.common import Machine
+from callscribe.protocols.common import Machine, model_family
 from callscribe.protocols.run_task import RunTaskProtocol
-from callscribe.recognition.vocabulary import VocabularyStore
+from callscribe.recognition.vocabulary import Quota, VocabularyStore
 from callscribe.settings import Settings
 from callscribe.telemetry import render_metrics
 
@@ -68,20 +69,11 @@ def endpoints(s: Settings) -> dict[str, Endpoint]:
     def realtime(clock: Callable[[], float], query: dict[str, str]) -> Machine:
         return qwen_realtime.QwenRealtimeProtocol(
             clock=clock, model=query.get("model"), default_vad_threshold=s.vad_threshold,
-            max_task_seconds=s.max_task_seconds)
+            max_task_seconds=s.max_task_seconds, max_append_ms=s.max_buffered_audio_ms)
 
     return {INFERENCE_PATH: Endpoint(s.max_frame_bytes, MAX_QUEUED_FRAMES, run_task),
             # a Qwen append carries up to 15 MiB of base64: a bigger frame, fewer queued
             REALTIME_PATH: Endpoint(qwen_realtime.MAX_FRAME_BYTES, 2, realtime)}
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _Metrics:
@@ -99,6 +91,12 @@ class _Metrics:
         self.last = m.create_histogram("callscribe.task.last_package_delay", unit="ms",
                                        description="finish-task to task-finished")
 
+    @staticmethod
+    def task_attrs(model: str, protocol: str) -> dict[str, str]:
+        """Metric attributes of a task: the model *family* (a closed set), never the name the
+        client sent (any ``fun-asr-realtime-YYYY-MM-DD`` would be a new series)."""
+        return {"model": model_family(model), "protocol": protocol}
+
 
 class Gateway:
     """One process serving both WebSocket protocols; ``runtime`` may arrive later (loading)."""
@@ -111,7 +109,12 @@ class Gateway:
         self.port = settings.port if port is None else port
         self.keys = ApiKeys(settings.api_key_list())
         #: single-use WebSocket tokens (``?token=``) for browsers; and the captions page
-        self.tokens = TokenStore(settings.token_ttl_s)
+        per_key = settings.token_max_per_key
+        self.tokens = TokenStore(settings.token_ttl_s, max_per_key=per_key,
+                                 max_tokens=max(MAX_TOKENS,
+                                                per_key * max(1, len(settings.api_key_list()))))
+        self.vocabulary_quota = Quota(settings.vocabulary_max_per_key,
+                                      settings.vocabulary_max_bytes_per_key)
         self.static = StaticFiles()
         if not self.keys.enabled and not is_loopback(self.host):
             raise ConfigurationError(
@@ -129,7 +132,13 @@ class Gateway:
         self.endpoints = endpoints(settings)
         self.connections: set[Connection] = set()
         self.draining = False
+        self._drain_grace = 0.0
+        #: set whenever no connection is open (the drain waits on it)
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.metrics = _Metrics()
+        #: one /metrics rendering at a time, off the event loop
+        self._render_lock = asyncio.Lock()
         self._server: Server | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -158,25 +167,28 @@ class Gateway:
         return rt is not None and bool(getattr(rt, "ready", True)) and not self.draining
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop accepting; let running tasks and realtime sessions finish for ``grace_s``, then
-        end them cleanly (results for the audio received, then ``ServerShuttingDown`` as
-        task-failed or a server_error event, close 1001); return when every connection is
-        closed."""
+        """Drain: new handshakes get HTTP 503 and ``/readyz`` 503 (the port stays open, so
+        clients and load balancers get an answer, not "connection refused"); running tasks and
+        realtime sessions get ``grace_s`` to finish, then are ended cleanly (results for the
+        audio received, then ``ServerShuttingDown`` as task-failed or a server_error event,
+        close 1001).  When the last session is gone (or ``grace_s`` + the flush time has
+        passed) the port closes; return when every connection is closed."""
         if self._server is None:
             return
         self.draining = True
+        self._drain_grace = grace_s
         log.info("shutting down", connections=len(self.connections), grace_s=grace_s)
-        self._server.close(close_connections=False)
         for conn in list(self.connections):
             conn.shutdown(grace_s)
         try:
-            await asyncio.wait_for(self._server.wait_closed(), grace_s + FLUSH_SECONDS)
+            await asyncio.wait_for(self._idle.wait(), grace_s + FLUSH_SECONDS)
         except TimeoutError:
             log.warning("connections still open after the drain; cutting them",
                         remaining=len(self.connections))
             for conn in list(self.connections):
                 conn.ws.transport.abort()
-            await self._server.wait_closed()
+        self._server.close(close_connections=False)
+        await self._server.wait_closed()
         log.info("stopped")
 
     # --- handshake ---------------------------------------------------------------------------
@@ -186,17 +198,32 @@ class Gateway:
         return ServerConnection(protocol, server, **kwargs)
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Every request, in one place: no-key guard, routing, refusals (:class:`HttpError` ->
+        the JSON error shape), and ``HEAD`` (the GET response without its body)."""
+        try:
+            if not self.keys.enabled:
+                # open (loopback, no keys) mode: any web page the user visits could otherwise
+                # reach the local service (cross-site requests, DNS rebinding)
+                check_no_key_request(request)
+            resp = await self._route(conn, request)
+        except HttpError as exc:
+            if exc.status == 403:
+                self.metrics.rejected.add(1, {"status": 403})
+            resp = refusal(exc)
+        except Exception:
+            log.exception("request failed", method=request.method,
+                          path=request.path.partition("?")[0][:200])
+            resp = error_response(500, "InternalError", "internal server error; see the "
+                                  "server log")
+        if resp is not None and request.method == "HEAD":
+            return without_body(resp)
+        return resp
+
+    async def _route(self, conn: ServerConnection, request: Request) -> Response | None:
         raw_path, _, query = request.path.partition("?")
         path = raw_path.rstrip("/") or "/"
         endpoint = self.endpoints.get(path)
         if endpoint is not None:
-            if not self.keys.enabled and cross_site(request.headers.get("Origin"),
-                                                    request.headers.get("Host")):
-                # open (loopback, no keys) mode: any web page the user visits could otherwise
-                # reach the local service (cross-site WebSocket hijacking)
-                self.metrics.rejected.add(1, {"status": 403})
-                return text_response(403, "Forbidden: cross-site WebSocket without API keys; "
-                                     "configure CALLSCRIBE_API_KEYS to allow other origins\n")
             key_id = self._ws_key(request, query)
             if key_id is None:
                 self.metrics.rejected.add(1, {"status": 401})
@@ -224,16 +251,18 @@ class Gateway:
             if self.ready:
                 return text_response(200, "ready\n")
             why = "draining" if self.draining else "model loading"
-            return text_response(503, f"not ready: {why}\n")
+            return text_response(503, f"not ready: {why}\n", {"Retry-After": "5"})
         if path == "/metrics":
-            body, ctype = render_metrics()
+            async with self._render_lock:  # rendering is work proportional to the series
+                body, ctype = await asyncio.to_thread(render_metrics)
             return response(200, body, ctype)
         if path == VOCABULARY_PATH:
-            key_id = self.keys.identify(request.headers.get("Authorization"))
+            key_id = self.keys.identify(header(request, "Authorization"))
             if key_id is None:
                 return error_response(401, "InvalidApiKey", "missing or invalid API key "
                                       "(send Authorization: Bearer <key>)")
-            return await handle_vocabulary(request, key_id, self.vocabulary)  # type: ignore
+            return await handle_vocabulary(request, key_id, self.vocabulary,  # type: ignore
+                                           self.vocabulary_quota)
         if path == TOKENS_PATH:
             return handle_tokens(request, self.keys, self.tokens)
         if path == AUTH_INFO_PATH:
@@ -241,7 +270,7 @@ class Gateway:
         page = self.static.serve(request, path)
         if page is not None:
             return page
-        return text_response(404, f"Not Found: {path}\n")
+        return text_response(404, f"Not Found: {path[:200]}\n")
 
     def _ws_key(self, request: Request, query: str) -> str | None:
         """The key id of a WebSocket handshake: a ``?token=`` from ``POST /api/v1/tokens``
@@ -249,7 +278,7 @@ class Gateway:
         token = parse_qs(query).get("token")
         if token is not None:
             return self.tokens.redeem(token[0])
-        return self.keys.identify(request.headers.get("Authorization"))
+        return self.keys.identify(header(request, "Authorization"))
 
     def _process_response(self, conn: ServerConnection, request: Request,
                           resp: Response) -> Response | None:
@@ -272,11 +301,16 @@ class Gateway:
         c = Connection(self, ws, getattr(ws, "callscribe_key", "anonymous"), proto)
         attrs = {"protocol": proto.name}
         self.connections.add(c)
+        self._idle.clear()
         self.metrics.sessions.add(1, attrs)
+        if self.draining:  # admitted just before the drain began
+            c.shutdown(self._drain_grace)
         try:
             await c.run()
         finally:
             self.connections.discard(c)
+            if not self.connections:
+                self._idle.set()
             self.metrics.sessions.add(-1, attrs)
             slot = getattr(ws, "callscribe_slot", None)
             if slot is not None:

@@ -17,7 +17,7 @@ from importlib import resources
 
 from websockets.http11 import Request, Response
 
-from callscribe.gateway.http import response, text_response
+from callscribe.gateway.http import header, response, text_response
 
 STATIC_PREFIX = "/static/"
 INDEX = "index.html"
@@ -93,7 +93,7 @@ class StaticFiles:
             return text_response(405, "Method Not Allowed: use GET\n",
                                  {"Allow": "GET, HEAD", **SECURITY_HEADERS})
         headers = {"ETag": f.etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
-        inm = request.headers.get("If-None-Match")
+        inm = header(request, "If-None-Match")
         if inm and f.etag in [t.strip().removeprefix("W/") for t in inm.split(",")]:
             resp = response(304, b"", f.content_type, headers)
             del resp.headers["Content-Length"]

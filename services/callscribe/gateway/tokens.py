@@ -11,10 +11,13 @@ it is accepted once, before it expires, and the session then counts against the 
 issued it (admission limits, vocabularies).  Expired, reused and unknown tokens get HTTP 401.
 
 Tokens are 32 random bytes (``secrets.token_urlsafe``); only their SHA-256 digest is kept,
-with the issuing key id and the expiry.  The store is bounded (:data:`MAX_TOKENS`): when full,
-expired entries are dropped; if all are still valid the request is refused (HTTP 429) rather
-than evicting someone's live token.  All methods are thread-safe; ``clock`` (monotonic
-seconds) is injected so tests can move time.
+with the issuing key id and the expiry.  The store is bounded twice: per key
+(``max_per_key``, ``CALLSCRIBE_TOKEN_MAX_PER_KEY``) and overall (``max_tokens``; the gateway
+makes it at least ``max_per_key`` times the number of keys, so a key that mints as fast as
+it can fills only its own share).  When a bound is reached, expired entries are dropped; if
+all are still valid the request is refused (HTTP 429) rather than evicting someone's live
+token.  All methods are thread-safe; ``clock`` (monotonic seconds) is injected so tests can
+move time.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qs
 
 from websockets.http11 import Request, Response
 
+from callscribe.errors import QuotaExceeded
 from callscribe.gateway.auth import ApiKeys
-from callscribe.gateway.http import error_response, json_response
+from callscribe.gateway.http import error_response, header, json_response, query_int
 
 TOKENS_PATH = "/api/v1/tokens"
 AUTH_INFO_PATH = "/api/v1/auth-info"
@@ -41,8 +44,9 @@ MAX_TTL_S = 1800
 PREFIX = "st-"
 
 
-class TokenStoreFull(Exception):
-    """Too many outstanding tokens; retry after the oldest expire."""
+class TokenStoreFull(QuotaExceeded):
+    """Too many outstanding tokens (for this key, or overall); retry after the oldest
+    expire."""
 
 
 @dataclass(frozen=True)
@@ -57,15 +61,19 @@ def _digest(token: str) -> bytes:
 
 class TokenStore:
     def __init__(self, ttl_s: float = 60.0, *, max_tokens: int = MAX_TOKENS,
+                 max_per_key: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self.ttl_s = float(ttl_s)
         self.max_tokens = max_tokens
+        self.max_per_key = max_per_key or max_tokens
         self._clock = clock
         self._lock = threading.Lock()
         #: SHA-256(token) -> (issuing key id, expiry on ``clock``)
         self._tokens: dict[bytes, tuple[str, float]] = {}
+        #: key id -> {SHA-256(token): expiry} of its outstanding tokens
+        self._by_key: dict[str, dict[bytes, float]] = {}
 
     def __len__(self) -> int:
         with self._lock:
@@ -79,11 +87,22 @@ class TokenStore:
         token = PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             now = self._clock()
+            mine = self._by_key.get(key_id, {})
+            if len(mine) >= self.max_per_key:
+                self._purge_key(key_id, now)
+                if len(self._by_key.get(key_id, {})) >= self.max_per_key:
+                    raise TokenStoreFull(
+                        f"this API key has {self.max_per_key} unused tokens outstanding, its "
+                        "limit (CALLSCRIBE_TOKEN_MAX_PER_KEY); use them or retry after they "
+                        "expire")
             if len(self._tokens) >= self.max_tokens:
                 self._purge(now)
                 if len(self._tokens) >= self.max_tokens:
-                    raise TokenStoreFull(f"{self.max_tokens} tokens are outstanding")
-            self._tokens[_digest(token)] = (key_id, now + ttl)
+                    raise TokenStoreFull(f"{self.max_tokens} tokens are outstanding; retry "
+                                         "later")
+            d = _digest(token)
+            self._tokens[d] = (key_id, now + ttl)
+            self._by_key.setdefault(key_id, {})[d] = now + ttl
         return Issued(token, ttl)
 
     def redeem(self, token: str | None) -> str | None:
@@ -95,6 +114,8 @@ class TokenStore:
         with self._lock:
             entry = self._tokens.pop(d, None)
             now = self._clock()
+            if entry is not None:
+                self._forget(entry[0], d)
         if entry is None:
             return None
         key_id, expires_at = entry
@@ -106,10 +127,24 @@ class TokenStore:
             return self._purge(self._clock())
 
     def _purge(self, now: float) -> int:
-        dead = [d for d, (_, exp) in self._tokens.items() if exp <= now]
-        for d in dead:
+        dead = [(d, key) for d, (key, exp) in self._tokens.items() if exp <= now]
+        for d, key in dead:
             del self._tokens[d]
+            self._forget(key, d)
         return len(dead)
+
+    def _purge_key(self, key_id: str, now: float) -> None:
+        for d, exp in list(self._by_key.get(key_id, {}).items()):
+            if exp <= now:
+                self._tokens.pop(d, None)
+                self._forget(key_id, d)
+
+    def _forget(self, key_id: str, d: bytes) -> None:
+        mine = self._by_key.get(key_id)
+        if mine is not None:
+            mine.pop(d, None)
+            if not mine:
+                del self._by_key[key_id]
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -119,22 +154,14 @@ def handle_tokens(request: Request, keys: ApiKeys, store: TokenStore) -> Respons
     """``POST /api/v1/tokens[?expire_in_seconds=N]`` with ``Authorization: Bearer <key>``."""
     if request.method != "POST":
         return error_response(405, "MethodNotAllowed", "use POST")
-    key_id = keys.identify(request.headers.get("Authorization"))
+    key_id = keys.identify(header(request, "Authorization"))
     if key_id is None:
         return error_response(401, "InvalidApiKey", "missing or invalid API key "
                               "(send Authorization: Bearer <key>)")
     _, _, query = request.path.partition("?")
-    raw = parse_qs(query).get("expire_in_seconds", [None])[0]
-    ttl: float | None = None
-    if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL_S:
-            return error_response(400, "InvalidParameter", "expire_in_seconds must be an "
-                                  f"integer from 1 to {MAX_TTL_S}")
-        ttl = int(raw)  # capped at the configured token_ttl_s by the store
-    try:
-        issued = store.issue(key_id, ttl)
-    except TokenStoreFull:
-        return error_response(429, "Throttling", "too many outstanding tokens; retry later")
+    # capped at the configured token_ttl_s by the store
+    ttl = query_int(query, "expire_in_seconds", 1, MAX_TTL_S)
+    issued = store.issue(key_id, ttl)  # TokenStoreFull: 429 Throttling (gateway/server.py)
     resp = json_response(200, {"token": issued.token,
                                "expires_at": int(time.time() + issued.ttl_s),
                                "expires_in": int(issued.ttl_s)})

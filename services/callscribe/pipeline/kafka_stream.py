@@ -190,7 +190,8 @@ class KafkaStream:
         self.call_id = _call_id(str(task_id))
         self.key = self.call_id.encode()
         self.channel = opts.channel
-        self.decoder = open_decoder(opts.format, opts.sample_rate, target_rate=RATE)
+        self.decoder = open_decoder(opts.format, opts.sample_rate, target_rate=RATE,
+                                    max_feed_ms=pipeline.settings.max_buffered_audio_ms)
         self.options = AudioOptions(
             language_hints=tuple(h for h in opts.language_hints if h),
             max_sentence_silence_ms=opts.max_sentence_silence_ms, itn=opts.itn,
@@ -224,7 +225,7 @@ class KafkaStream:
     async def put(self, data: bytes) -> None:
         if self._finished:
             raise SessionError("audio after finish")
-        pcm = self._mono(self.decoder.feed(data))
+        pcm = self._mono(await asyncio.to_thread(self.decoder.feed, data))  # never on the loop
         await self._queue(pcm)
 
     async def _queue(self, pcm: np.ndarray) -> None:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from callscribe import wire
 from callscribe.errors import (AudioError, CallscribeError, ConfigurationError, EngineError,
                                ModelError, SampleRateMismatch, SessionError, UnsupportedFormat)
 
@@ -240,6 +241,20 @@ def model_names() -> str:
     return ", ".join(list(MODELS) + ["fun-asr-realtime-YYYY-MM-DD"])
 
 
+#: every value the ``model`` metric label can take (a closed set: clients choose model names)
+MODEL_FAMILIES = frozenset([*MODELS, "qwen3-asr-flash-realtime", "other"])
+_DATED = re.compile(r"^(?P<base>.+?)-\d{4}-\d{2}-\d{2}$")
+
+
+def model_family(name: str) -> str:
+    """The canonical model a name belongs to (``fun-asr-realtime-2025-11-07`` ->
+    ``fun-asr-realtime``), ``other`` for anything unknown: a metric label, never the
+    client's string."""
+    m = _DATED.match(name)
+    base = m.group("base") if m else name
+    return base if base in MODEL_FAMILIES else "other"
+
+
 # --- run-task parameters ---------------------------------------------------------------------
 
 
@@ -270,8 +285,11 @@ def parse_run_task_options(payload: Any, *, default_itn: bool = True) -> TaskOpt
         raise UnsupportedFormat(f"format {fmt!r} is not supported; use one of "
                                 f"{', '.join(FORMATS)}")
     rate = params.get("sample_rate")
-    if isinstance(rate, str) and rate.isdigit():
-        rate = int(rate)
+    if isinstance(rate, str):  # "16000" is accepted; "¹⁶⁰⁰⁰" (str.isdigit() is true) is not
+        try:
+            rate = wire.parse_int(rate)
+        except wire.WireError:
+            pass  # refused below
     if not isinstance(rate, int) or isinstance(rate, bool):
         raise bad("parameters.sample_rate is required and must be an integer (Hz)")
     problem = spec.check_rate(rate)

@@ -11,33 +11,36 @@ mode (``turn_detection: null``): the stream runs without endpointing and every
 ``input_audio_buffer.commit`` ends one item (:class:`CommitInput` -> ``Committed``).  Errors:
 client mistakes answer an ``error`` event of type ``invalid_request_error`` and keep the
 session; server failures answer ``server_error`` and close.  Codes are listed in the README.
+Limits on appended audio: :func:`~callscribe.protocols.qwen_session.check_pcm_append`;
+opus is stopped by the decoder (DecodeLimitExceeded, answered ``audio_too_large``; the stream
+restarts with the next append, as after CorruptAudio).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
+from callscribe.errors import AudioTooLarge, CallscribeError, DecodeLimitExceeded, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
                                          CLOSE_POLICY, AbortRecognition, AudioData, Close,
                                          CommitInput, FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
 from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config, RequestError,
-                                               model_problem, parse_session, session_object,
-                                               vad_probability)
+                                               check_pcm_append, model_problem, parse_session,
+                                               session_object, vad_probability)
 from callscribe.protocols.qwen_text import Item as _Item
 from callscribe.protocols.qwen_text import grow
 from callscribe.recognition.events import (Committed, Event, FinalSentence, Partial,
                                            SpeechStarted, SpeechStopped)
 from callscribe.recognition.words import UNSPACED
+from callscribe.wire import WireError, loads
 
 #: largest base64 ``audio`` field of one append (characters)
 MAX_APPEND_B64 = 15 * 1024 * 1024
@@ -73,10 +76,12 @@ class QwenRealtimeProtocol:
 
     def __init__(self, *, clock: Callable[[], float], model: str | None,
                  default_vad_threshold: float = 0.5, max_task_seconds: int = 4 * 3600,
+                 max_append_ms: int = 60_000,
                  ids: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
         self._clock, self._ids = clock, ids
         self.base_threshold = default_vad_threshold
         self.max_audio_ms = max_task_seconds * 1000
+        self.max_append_ms = max_append_ms
         self.session_id = "sess_" + ids()
         self.model = model or ""
         self.config = Config()
@@ -92,6 +97,7 @@ class QwenRealtimeProtocol:
         self._last_committed: str | None = None
         self._uncommitted = False
         self._commit_ms = 0
+        self._pcm_uncommitted_ms = 0.0  # pcm appended since the last commit (from byte counts)
         self._append_eid: str | None = None
         self._items = 0
         self._heard: str | None = None  # the language of the session's last final
@@ -144,17 +150,24 @@ class QwenRealtimeProtocol:
             return
         self._last_event_at = self._clock()
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError):
-            return self._error(RequestError("the text frame is not valid JSON; every client "
-                                             'event is {"type": ..., "event_id": ..., ...}',
-                                             "invalid_json"))
+            msg = loads(text)
+        except WireError as exc:
+            return self._error(RequestError(f"the text frame is {exc}; every client event is "
+                                            '{"type": ..., "event_id": ..., ...} in JSON',
+                                            "invalid_json"))
         eid = msg.get("event_id") if isinstance(msg, dict) else None
         eid = eid if isinstance(eid, str) else None
         kind = msg.get("type") if isinstance(msg, dict) else None
         if not isinstance(kind, str):
             return self._error(RequestError('a client event is a JSON object with a string '
                                             '"type"', "invalid_event", "type"), event_id=eid)
+        if self._shutdown_ended and self.state is not State.OPEN:
+            # the server ended input (drain), not the client: no "after session.finish"
+            return self._send("error", error={
+                "type": "server_error", "code": "server_shutting_down",
+                "message": f"{kind[:64]} ignored: the server is shutting down; the audio "
+                           "received is being recognised, then the session closes (1001); "
+                           "reconnect to continue", "param": None, "event_id": eid})
         handler = self._handlers.get(kind)
         if handler is None:
             return self._error(RequestError(
@@ -200,12 +213,15 @@ class QwenRealtimeProtocol:
         if len(audio) > MAX_APPEND_B64:
             raise RequestError(f"the audio field has {len(audio)} characters; one append takes "
                                f"at most {MAX_APPEND_B64} (15 MiB)", "audio_too_large", "audio")
+        ms = check_pcm_append(audio, self.config, self._pcm_uncommitted_ms,
+                              self.max_append_ms, MAX_UNCOMMITTED_MS)
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
         if not data:
             return
+        self._pcm_uncommitted_ms += ms
         st = self._stream or self._open_stream()
         st.pending += 1
         self._uncommitted = True
@@ -249,6 +265,7 @@ class QwenRealtimeProtocol:
         assert self._stream is not None
         self._uncommitted = False
         self._commit_ms = self._now_ms()
+        self._pcm_uncommitted_ms = 0.0
         self._outputs.append(CommitInput(self._stream.sid, discard))
 
     def _on_finish(self, msg: dict[str, Any]) -> None:
@@ -418,6 +435,8 @@ class QwenRealtimeProtocol:
         st = self._current(task_id)
         if st is None:
             return
+        if isinstance(error, DecodeLimitExceeded):
+            error = RequestError(error.message, "audio_too_large", "audio")
         code, message, close = wire_error(error)
         for item in (*self._awaiting, self._open, self._speech):
             if item is not None and not item.implicit:
@@ -432,6 +451,7 @@ class QwenRealtimeProtocol:
         self._awaiting.clear()
         self._open = self._speech = None
         self._uncommitted = False
+        self._pcm_uncommitted_ms = 0.0
         self._error(error, event_id=self._append_eid, param="audio")
 
     # --- lifecycle ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from callscribe.protocols.common import ProtocolError
+from callscribe.wire import finite_number
 
 MODEL = "qwen3-asr-flash-realtime"
 #: the model and its dated snapshots (``qwen3-asr-flash-realtime-2025-10-27``)
@@ -79,7 +80,9 @@ def session_object(c: Config, session_id: str, model: str) -> dict[str, Any]:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """An int or a finite float: NaN, Infinity and 1e400 (read as infinity) are not numbers
+    a parameter can take."""
+    return finite_number(v)
 
 
 def parse_session(s: dict[str, Any], cur: Config) -> Config:
@@ -141,3 +144,30 @@ def parse_session(s: dict[str, Any], cur: Config) -> Config:
                                "session.turn_detection.silence_duration_ms")
         out = replace(out, vad=True, threshold=float(th), silence_ms=int(sil))
     return out
+
+
+def check_pcm_append(audio_b64: str, cfg: Config, uncommitted_ms: float, max_append_ms: int,
+                     max_item_ms: int) -> float:
+    """The duration (ms) of a pcm append, measured from its base64 length before anything is
+    decoded (0 for other formats, whose length is known only once decoded).
+
+    Raises RequestError ``input_audio_buffer_too_long`` in manual mode when the append would
+    take the audio since the last commit (``uncommitted_ms``) over ``max_item_ms`` (the append
+    is refused and not transcribed; the audio before it stays), and ``audio_too_large`` when
+    the append alone is over ``max_append_ms`` (the session's buffer,
+    ``CALLSCRIBE_MAX_BUFFERED_AUDIO_MS``)."""
+    if cfg.format != "pcm":
+        return 0.0
+    nbytes = len(audio_b64) // 4 * 3 - audio_b64[-2:].count("=")
+    ms = nbytes // 2 * 1000 / cfg.sample_rate
+    if not cfg.vad and uncommitted_ms + ms > max_item_ms:
+        raise RequestError(
+            f"this append would take the audio since the last commit to "
+            f"{(uncommitted_ms + ms) / 1000:.1f} s; at most {max_item_ms // 1000} s fit in one "
+            "item: commit first. The append was refused; the audio before it is kept",
+            "input_audio_buffer_too_long", "audio")
+    if ms > max_append_ms:
+        raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
+                           f"{max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_AUDIO_MS) may "
+                           "be sent in one event", "audio_too_large", "audio")
+    return ms

@@ -11,22 +11,31 @@ States: IDLE (no task) → STARTING (run-task accepted, stream being opened) →
 (task-started sent) → FINISHING (finish-task received, flushing) → IDLE (task-finished sent,
 the connection may carry a new task) … CLOSED.  Any failure sends task-failed and closes:
 a failed connection is not reused.
+
+Audio, continue-task and finish-task that arrive while STARTING (sent right after run-task,
+before the client saw task-started, as the Java SDK does) are accepted and handled in order
+once the task started; before run-task they fail with TaskNotStarted.
+
+Timers: the 23 s no-data timer is wall-clock (a client that stops sending); SilenceTimeout
+counts *audio* time, on the recognizer's :class:`~callscribe.recognition.events.Progress`
+(60 s of processed audio without speech, whatever the pace).  A stream that reports no
+progress (the Kafka pipeline's) falls back to 60 s of wall-clock time without results.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from enum import Enum
 from typing import Any, Callable
 
+from callscribe import wire
 from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL,
                                          CLOSE_TOO_BIG, AbortRecognition, AudioData, Close,
                                          FinishInput, Output, ProtocolError, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          parse_run_task_options, wire_error)
-from callscribe.recognition.events import (Emotion, Event, FinalSentence, Partial,
+from callscribe.recognition.events import (Emotion, Event, FinalSentence, Partial, Progress,
                                            SpeechStarted, SpeechStopped)
 
 #: no frame from the client for this long during a task: task-failed CLIENT_ERROR
@@ -69,7 +78,10 @@ class _Task:
         self.task_id = task_id
         self.options = options
         self.last_data_at = now  # last client frame (or last audio accepted under backpressure)
-        self.silence_since = now  # last speech activity
+        self.silence_since = now  # last speech activity (wall clock: heartbeats)
+        self.silence_since_ms = 0  # audio time of the last speech activity
+        self.audio_clock = False  # the stream reports Progress: silence in audio time
+        self.finish_requested = False  # finish-task arrived while STARTING
         self.last_result_at = now  # last frame sent (heartbeat cadence)
         self.in_speech = False
         self.pending_audio = 0  # AudioData handed out, not yet consumed
@@ -125,12 +137,10 @@ class RunTaskProtocol:
         if self.state is State.CLOSED:
             return
         try:
-            msg = json.loads(text)
-        except (ValueError, RecursionError) as exc:
-            where = f" ({exc.msg} at position {exc.pos})" \
-                if isinstance(exc, json.JSONDecodeError) else ""
-            return self._fail(ProtocolError(f"text frame is not valid JSON{where}; control "
-                                            'messages are {"header": {...}, "payload": {...}}',
+            msg = wire.loads(text)
+        except wire.WireError as exc:
+            return self._fail(ProtocolError(f"text frame is {exc}; control messages are "
+                                            '{"header": {...}, "payload": {...}}',
                                             code="InvalidMessage"), close=CLOSE_INVALID_PAYLOAD)
         if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
             return self._fail(ProtocolError("message has no 'header' object; control messages "
@@ -159,10 +169,6 @@ class RunTaskProtocol:
         if self.state is State.IDLE:
             return self._fail(ProtocolError("audio received before run-task; send run-task and "
                                             "wait for task-started", code="TaskNotStarted"))
-        if self.state is State.STARTING:
-            return self._fail(ProtocolError("audio received before task-started; wait for "
-                                            "task-started before sending audio",
-                                            code="TaskNotStarted"))
         task = self._task
         assert task is not None
         if self.state is State.FINISHING:
@@ -189,17 +195,17 @@ class RunTaskProtocol:
         if self.state is State.IDLE:
             return self._fail(ProtocolError(f"{action} received before run-task",
                                             code="TaskNotStarted"), task_id=tid)
-        if self.state is State.STARTING:
-            return self._fail(ProtocolError(f"{action} received before task-started",
-                                            code="TaskNotStarted"))
         task = self._task
         assert task is not None
         if tid != task.task_id:
             return self._fail(ProtocolError(f"{action} for task_id {header.get('task_id')!r}, "
                                             f"but the running task is {task.task_id}",
                                             code="InvalidParameter"))
-        if self.state is State.FINISHING:
+        if self.state is State.FINISHING or task.finish_requested:
             return  # a repeated finish-task or a late continue-task: nothing to do
+        if self.state is State.STARTING:  # handled once the task started
+            task.finish_requested = action == "finish-task"
+            return
         task.last_data_at = self._clock()
         if action == "finish-task":
             self.state = State.FINISHING
@@ -255,6 +261,10 @@ class RunTaskProtocol:
         now = self._clock()
         task.last_data_at = task.silence_since = task.last_result_at = now
         self._send({"header": _header(task_id, "task-started"), "payload": {}})
+        if task.finish_requested:
+            self.state = State.FINISHING
+            task.finish_at = now
+            self._outputs.append(FinishInput(task.task_id))
 
     def audio_consumed(self, task_id: str, audio_ms: int) -> None:
         """One AudioData was accepted by the recognizer; ``audio_ms`` is the total so far."""
@@ -276,12 +286,20 @@ class RunTaskProtocol:
         now = self._clock()
         if audio_ms is not None:
             task.audio_ms = max(task.audio_ms, int(audio_ms))
+        if isinstance(event, Progress):
+            task.audio_clock = True
+            if self.state is State.RUNNING and not task.in_speech \
+                    and not task.options.heartbeat \
+                    and event.processed_ms - task.silence_since_ms >= SILENCE_TIMEOUT_S * 1000:
+                self._silence_timeout()
+            return
         if isinstance(event, SpeechStarted):
             task.in_speech = True
             task.silence_since = now
         elif isinstance(event, SpeechStopped):
             task.in_speech = False
             task.silence_since = now
+            task.silence_since_ms = max(task.silence_since_ms, event.end_time)
         elif isinstance(event, Partial):
             task.in_speech = True
             task.silence_since = now
@@ -296,6 +314,7 @@ class RunTaskProtocol:
         elif isinstance(event, FinalSentence):
             task.in_speech = False
             task.silence_since = now
+            task.silence_since_ms = max(task.silence_since_ms, event.end_time)
             if event.text or event.sentence_id in task.partial_ids:
                 # a final with no interim before it is also the sentence's first result
                 begin = event.sentence_id not in task.partial_ids
@@ -396,7 +415,7 @@ class RunTaskProtocol:
                 if task.options.heartbeat:
                     deadlines.append(max(task.last_result_at, task.silence_since)
                                      + HEARTBEAT_INTERVAL_S)
-                else:
+                elif not task.audio_clock:
                     deadlines.append(task.silence_since + SILENCE_TIMEOUT_S)
         return min(deadlines) if deadlines else None
 
@@ -431,10 +450,13 @@ class RunTaskProtocol:
                                         "end_time": None, "text": "", "heartbeat": True,
                                         "sentence_begin": False, "sentence_end": False,
                                         "words": []}, None)
-            elif now >= task.silence_since + SILENCE_TIMEOUT_S:
-                self._fail(SessionError(f"no speech for {SILENCE_TIMEOUT_S:.0f} seconds of "
-                                        "audio; set parameters.heartbeat=true to keep a silent "
-                                        "task open", code="SilenceTimeout"), close=CLOSE_NORMAL)
+            elif not task.audio_clock and now >= task.silence_since + SILENCE_TIMEOUT_S:
+                self._silence_timeout()
+
+    def _silence_timeout(self) -> None:
+        self._fail(SessionError(f"no speech for {SILENCE_TIMEOUT_S:.0f} seconds of audio; set "
+                                "parameters.heartbeat=true to keep a silent task open",
+                                code="SilenceTimeout"), close=CLOSE_NORMAL)
 
     # --- failure -----------------------------------------------------------------------------
 

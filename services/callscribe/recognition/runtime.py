@@ -2,9 +2,11 @@
 
 ``Runtime`` loads one engine and one VAD per process and owns the decode thread pool.
 ``AsyncStream`` is the thin asyncio adapter around one ``RecognitionSession``: bytes in
-(decoded on the loop, cheap), processing in the pool (never on the loop), events out through
-a bounded queue.  When recognition falls behind, ``put`` waits (backpressure) instead of
-buffering without bound; every wait has a deadline.
+(decoded in a small audio thread pool, never on the loop, and at most
+``max_buffered_audio_ms`` of audio per input: a larger one is refused with
+DecodeLimitExceeded before it is decoded), processing in the decode pool (never on the loop),
+events out through a bounded queue.  When recognition falls behind, ``put`` waits
+(backpressure) instead of buffering without bound; every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from callscribe.asr.whisper import DecodePolicy, WhisperEngine
 from callscribe.audio import open_decoder, select_channel
 from callscribe.errors import CallscribeError, Overloaded, SessionError
 from callscribe.recognition.emotion import EmotionEstimator, make_emotion_estimator
-from callscribe.recognition.events import Event, FinalSentence, Partial
+from callscribe.recognition.events import Event, FinalSentence, Partial, Progress
 from callscribe.recognition.telemetry import RecognitionTelemetry, StreamClock
 from callscribe.recognition.postprocess import hotword_prompt, make_final_hook
 from callscribe.recognition.session import RecognitionSession, SessionOptions
@@ -57,6 +59,9 @@ class StreamOptions:
     vad_threshold: float | None = None
     #: False: silence never ends a sentence, the caller ends sentences with ``commit()``
     endpointing: bool = True
+    #: emit :class:`~callscribe.recognition.events.Progress` after every processing step
+    #: (protocols with audio-time timers ask for it)
+    progress: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +80,9 @@ class Runtime:
         self._wait_ewma_s = 0.0
         self.executor = ThreadPoolExecutor(max_workers=settings.decode_workers,
                                            thread_name_prefix="decode")
+        #: audio decoding (container/codec -> PCM) of the streams' input, off the event loop;
+        #: each job is bounded by the per-input output limit
+        self.audio_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio")
         self.ready = True
         #: ``CALLSCRIBE_GATEWAY_REDACT``: PII redacted from what streams send to clients
         self.redactor = gateway_redactor(settings)
@@ -128,14 +136,17 @@ class Runtime:
         self._wait_ewma_s = 0.8 * self._wait_ewma_s + 0.2 * wait_s
 
     def open_stream(self, opts: StreamOptions) -> AsyncStream:
-        decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate)
-        stream = AsyncStream(self, self.new_session(opts), decoder, opts.channel)
+        decoder = open_decoder(opts.format, opts.sample_rate, target_rate=self.engine.sample_rate,
+                               max_feed_ms=self.settings.max_buffered_audio_ms)
+        stream = AsyncStream(self, self.new_session(opts), decoder, opts.channel,
+                             progress=opts.progress)
         stream.log_context = opts.extra
         return stream
 
     def close(self) -> None:
         self.ready = False
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.audio_executor.shutdown(wait=False, cancel_futures=True)
 
 
 _END = object()
@@ -147,8 +158,10 @@ class AsyncStream:
     #: seconds ``put`` may wait for recognition to catch up before giving up
     backpressure_deadline_s = 60.0
 
-    def __init__(self, runtime: Runtime, session: RecognitionSession, decoder, channel: int) -> None:
+    def __init__(self, runtime: Runtime, session: RecognitionSession, decoder, channel: int,
+                 *, progress: bool = False) -> None:
         self.runtime = runtime
+        self.progress = progress
         self.session = session
         self.decoder = decoder
         self.channel = channel
@@ -187,13 +200,21 @@ class AsyncStream:
             self.session.accept_waveform(pcm)
             self._wake.set()
 
+    async def _decode(self, fn, *args) -> np.ndarray:
+        """Run a decoder call in the audio pool: the loop never decodes."""
+        loop = asyncio.get_running_loop()
+        return self._channel(await loop.run_in_executor(self.runtime.audio_executor, fn, *args))
+
     async def put(self, data: bytes) -> None:
-        """Decode and queue ``data``; waits while more than half the buffer is unprocessed."""
+        """Decode and queue ``data``; waits while more than half the buffer is unprocessed.
+
+        Raises DecodeLimitExceeded (nothing of ``data`` is queued) when ``data`` decodes to
+        more than ``max_buffered_audio_ms`` of audio; the stream is then unusable."""
         if self._finished:
             raise SessionError("audio after finish")
         if self._task.done():
             self._task.result()  # re-raise a processing failure
-        pcm = self._channel(self.decoder.feed(data))
+        pcm = await self._decode(self.decoder.feed, data)
         if not self._noted_headerless and getattr(self.decoder, "headerless", False):
             self._noted_headerless = True  # once per stream
             structlog.get_logger(__name__).warning(
@@ -215,7 +236,7 @@ class AsyncStream:
         if self._finished:
             return
         self._finished = True
-        self._feed_pcm(self._channel(self.decoder.finish()))
+        self._feed_pcm(await self._decode(self.decoder.finish))
         self.session.input_finished()
         self._wake.set()
 
@@ -254,6 +275,8 @@ class AsyncStream:
                     self._observe(before, time.perf_counter() - t0, events)
                     if self.session.pending_ms <= self._high:
                         self._drained.set()
+                    if self.progress:
+                        events.append(Progress(self.session.audio_ms - self.session.pending_ms))
                     for ev in events:
                         await self._events.put(ev)
                 if self.session.done:

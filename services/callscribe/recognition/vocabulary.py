@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from callscribe.errors import SessionError
+from callscribe.wire import WireError, parse_int
 
 MAX_ENTRIES = 500
 MAX_CJK_CHARS = 10
 MAX_WORDS = 5
 MAX_TEXT_CHARS = 100
+#: largest ``page_index`` of list_vocabulary (OFFSET page_index * page_size stays in SQLite's
+#: 64-bit range; no owner has that many pages under any quota)
+MAX_PAGE_INDEX = 1_000_000
 _PREFIX = re.compile(r"^[a-z0-9]{1,10}$")
 _ID = re.compile(r"^vocab-[a-z0-9]{1,10}-[0-9a-f]{32}$")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
@@ -49,6 +53,21 @@ class VocabularyError(SessionError):
 
 class VocabularyNotFound(VocabularyError):
     code = "VocabularyNotFound"
+
+
+class VocabularyQuotaExceeded(VocabularyError):
+    """The owner (API key) holds as many vocabularies, or as many bytes of them, as its quota
+    allows (``CALLSCRIBE_VOCABULARY_MAX_PER_KEY`` / ``..._MAX_BYTES_PER_KEY``)."""
+
+    code = "VocabularyQuotaExceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What one owner may store: vocabularies, and bytes of their entries (stored JSON)."""
+
+    max_count: int
+    max_bytes: int
 
 
 def validate_prefix(prefix: Any) -> str:
@@ -140,7 +159,11 @@ class VocabularyStore:
         with self._lock:
             self._db.close()
 
-    def create(self, owner: str, target_model: str, prefix: str, entries: Any) -> str:
+    def create(self, owner: str, target_model: str, prefix: str, entries: Any,
+               quota: Quota | None = None) -> str:
+        """A new vocabulary of ``owner``; with ``quota``, refused (VocabularyQuotaExceeded)
+        when it would take the owner over its count or bytes (checked and inserted under one
+        lock, so concurrent creates cannot overshoot)."""
         if not isinstance(target_model, str) or not target_model:
             raise VocabularyError("target_model is required (the ASR model the vocabulary is "
                                   "for, e.g. fun-asr-realtime)")
@@ -148,18 +171,45 @@ class VocabularyStore:
         words = validate_entries(entries)
         vid = f"vocab-{prefix}-{uuid.uuid4().hex}"
         now = _now()
+        doc = json.dumps(_as_dicts(words), ensure_ascii=False)
         with self._lock:
+            if quota is not None:
+                self._check_quota(owner, quota, len(doc.encode("utf-8")), new=True)
             self._db.execute("INSERT INTO vocabularies VALUES (?,?,?,?,?,?,?)",
-                             (vid, owner, prefix, target_model,
-                              json.dumps(_as_dicts(words), ensure_ascii=False), now, now))
+                             (vid, owner, prefix, target_model, doc, now, now))
         return vid
+
+    def usage(self, owner: str, exclude: str | None = None) -> tuple[int, int]:
+        """(vocabularies, bytes of their entries) held by ``owner``."""
+        with self._lock:
+            return self._usage(owner, exclude)
+
+    def _usage(self, owner: str, exclude: str | None = None) -> tuple[int, int]:
+        n, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(entries AS BLOB))), 0) FROM vocabularies "
+            "WHERE owner=? AND vocabulary_id IS NOT ?", (owner, exclude)).fetchone()
+        return int(n), int(size)
+
+    def _check_quota(self, owner: str, quota: Quota, size: int, *, new: bool,
+                     replacing: str | None = None) -> None:
+        n, used = self._usage(owner, replacing)
+        if new and n >= quota.max_count:
+            raise VocabularyQuotaExceeded(
+                f"this API key holds {n} vocabularies, its quota is {quota.max_count} "
+                "(CALLSCRIBE_VOCABULARY_MAX_PER_KEY); delete one to make room")
+        if used + size > quota.max_bytes:
+            raise VocabularyQuotaExceeded(
+                f"this API key's vocabularies would take {used + size} bytes, its quota is "
+                f"{quota.max_bytes} (CALLSCRIBE_VOCABULARY_MAX_BYTES_PER_KEY); delete or shrink "
+                "vocabularies to make room")
 
     def list(self, owner: str, prefix: str | None = None, page_index: int = 0,
              page_size: int = 10) -> list[dict[str, Any]]:
         if prefix is not None:
             validate_prefix(prefix)
-        if not isinstance(page_index, int) or isinstance(page_index, bool) or page_index < 0:
-            raise VocabularyError("page_index must be an integer >= 0")
+        if not isinstance(page_index, int) or isinstance(page_index, bool) \
+                or not 0 <= page_index <= MAX_PAGE_INDEX:
+            raise VocabularyError(f"page_index must be an integer from 0 to {MAX_PAGE_INDEX}")
         if not isinstance(page_size, int) or isinstance(page_size, bool) \
                 or not 1 <= page_size <= 100:
             raise VocabularyError("page_size must be an integer from 1 to 100")
@@ -192,14 +242,18 @@ class VocabularyStore:
         return {"vocabulary": json.loads(entries), "target_model": target_model,
                 "gmt_create": created, "gmt_modified": modified, "status": "OK"}
 
-    def update(self, owner: str, vocabulary_id: str, entries: Any) -> None:
+    def update(self, owner: str, vocabulary_id: str, entries: Any,
+               quota: Quota | None = None) -> None:
         words = validate_entries(entries)
+        doc = json.dumps(_as_dicts(words), ensure_ascii=False)
         with self._lock:
             self._row(owner, vocabulary_id)
+            if quota is not None:
+                self._check_quota(owner, quota, len(doc.encode("utf-8")), new=False,
+                                  replacing=vocabulary_id)
             self._db.execute("UPDATE vocabularies SET entries=?, gmt_modified=? WHERE "
                              "vocabulary_id=? AND owner=?",
-                             (json.dumps(_as_dicts(words), ensure_ascii=False), _now(),
-                              vocabulary_id, owner))
+                             (doc, _now(), vocabulary_id, owner))
 
     def delete(self, owner: str, vocabulary_id: str) -> None:
         with self._lock:
@@ -235,7 +289,11 @@ def load_hotwords(vocabulary_file: str | Path | None, specs=()) -> list[Hotword]
 
 def _entry(spec: str) -> dict:
     text, _, weight = spec.strip().rpartition(":")
-    if not text or not weight.strip().isdigit():
-        text, weight = spec.strip(), "4"
-    return {"text": text, "weight": int(weight)}
+    try:
+        value = parse_int(weight.strip(), max_digits=3)
+    except WireError:
+        value = None
+    if not text or value is None:  # "word:²" is text, not a weight (str.isdigit() is true)
+        text, value = spec.strip(), 4
+    return {"text": text, "weight": value}
 
