@@ -25,7 +25,7 @@ import audiogen
 from callscribe.settings import load_settings
 from callscribe.telemetry import configure_telemetry, render_metrics
 from serverutil import start_gateway
-from test_gateway_sdk import KEY, LDC_WORDS, norm
+from sdkutil import KEY, LDC_WORDS, norm
 
 MODEL = "qwen3-asr-flash-realtime"
 COMPLETED = "conversation.item.input_audio_transcription.completed"

@@ -6,7 +6,7 @@ In order (later tests change the stack): a two-channel call in real time; ten ca
 over four partitions and two workers; poison records; a worker SIGKILLed mid-call (the
 other takes over: every final exactly once, none missing); the broker restarted mid-call
 (nothing lost).  The SDK tests of ``serve --kafka`` are the ``[kafka]`` variants in
-test_gateway_sdk.py.
+tests/gateway_sdk/.
 """
 
 from __future__ import annotations
