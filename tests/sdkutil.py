@@ -61,6 +61,7 @@ class Collect:
         self.errors: list = []
         self.opened = self.completed = self.closed = False
         self.done = threading.Event()
+        self.first_result = threading.Event()  # the server recognised some of the audio
 
 
 def callback_for(c: Collect):
@@ -73,6 +74,7 @@ def callback_for(c: Collect):
         def on_event(self, result):
             s = result.get_sentence()
             (c.final if RecognitionResult.is_sentence_end(s) else c.interim).append(s)
+            c.first_result.set()
 
         def on_complete(self):
             c.completed = True
@@ -88,9 +90,12 @@ def callback_for(c: Collect):
 
 
 def stream_realtime(path: Path, fmt="pcm", rate=16000, model="fun-asr-realtime",
-                    chunk_ms=100, **kw) -> tuple[Collect, object]:
+                    chunk_ms=100, collect: Collect | None = None, **kw
+                    ) -> tuple[Collect, object]:
+    """The SDK streaming ``path`` at real-time pace (the sleep paces the audio, it waits for
+    nothing); ``collect`` lets a caller in another thread watch the session as it runs."""
     from dashscope.audio.asr import Recognition
-    c = Collect()
+    c = collect or Collect()
     rec = Recognition(model=model, format=fmt, sample_rate=rate, callback=callback_for(c), **kw)
     data = path.read_bytes()
     if path.suffix == ".wav":
@@ -124,10 +129,11 @@ def action_msg(name: str, task_id: str) -> str:
                        "payload": {"input": {}}})
 
 
-def expect_failed(ws, code: str, close_code: int | None = 1008) -> dict:
-    """Read to task-failed; assert its code, then that the server closes the connection."""
+def expect_failed(ws, code: str, close_code: int | None = 1008, timeout: float = 30) -> dict:
+    """Read to task-failed (each frame within ``timeout``); assert its code, then that the
+    server closes the connection."""
     while True:
-        msg = json.loads(ws.recv(timeout=30))
+        msg = json.loads(ws.recv(timeout=timeout))
         if msg["header"]["event"] == "task-failed":
             break
     assert msg["header"]["error_code"] == code, msg

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 from websockets.exceptions import ConnectionClosed
 
 from sdkutil import KEY, action_msg, raw, start_task
 from serverutil import start_gateway
+from waiting import wait_until
 from callscribe.recognition.events import FinalSentence
 from callscribe.settings import load_settings
 
@@ -51,6 +51,11 @@ class _StuckRuntime:
         return self.streams[-1]
 
 
+async def _reading(gw) -> list[bool]:
+    """Whether each open connection's transport reads the socket (asked on the loop)."""
+    return [c.ws.transport.is_reading() for c in gw.connections]
+
+
 def test_socket_reading_pauses_when_recognition_falls_behind(loop_thread, tmp_path):
     rt = _StuckRuntime()
     settings = load_settings(api_keys=KEY, vocabulary_db=tmp_path / "v.sqlite3")
@@ -71,11 +76,14 @@ def test_socket_reading_pauses_when_recognition_falls_behind(loop_thread, tmp_pa
                     pass
             t = threading.Thread(target=sender, daemon=True)
             t.start()
-            time.sleep(2.0)
+            # the gateway stopped reading the socket (its transport is paused) while
+            # recognition is stuck: a condition with a deadline, not a sleep
+            wait_until(lambda: loop_thread.run(_reading(gw)) == [False], 60,
+                       "the server's transport paused while recognition was stuck", every=0.1)
             stalled_at = sent[0]
-            time.sleep(1.0)
-            assert sent[0] == stalled_at, "the server kept reading while recognition was stuck"
+            assert t.is_alive(), "the client sent everything while recognition was stuck"
             assert stalled_at < 40 * 1024 * 1024
+            assert rt.streams[0].received == 0 and loop_thread.run(_reading(gw)) == [False]
             loop_thread.loop.call_soon_threadsafe(rt.streams[0].gate.set)
             t.join(30)
             assert sent[0] == 400 * len(chunk)

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -13,6 +12,7 @@ from websockets.sync.client import connect
 
 from sdkutil import KEY, call
 from serverutil import start_gateway
+from waiting import wait_until
 from callscribe.errors import ConfigurationError
 from callscribe.gateway.server import Gateway
 from callscribe.recognition.vocabulary import VocabularyStore
@@ -53,10 +53,9 @@ def test_session_limits_are_503_at_the_handshake(loop_thread, model_runtime, tmp
             with open_("k1"):
                 assert b"too many sessions for this API key" in refused("k1")
                 assert b"server busy" in refused("k3")
-            for _ in range(50):  # the slot frees when the TCP connection is gone
-                if gw.admission.active < 2:
-                    break
-                time.sleep(0.05)
+            # the slot frees when the TCP connection is gone
+            wait_until(lambda: gw.admission.active < 2, 30, "k1's session slot freed",
+                       every=0.05)
             with open_("k3"):
                 pass
     finally:

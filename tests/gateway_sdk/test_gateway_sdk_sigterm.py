@@ -44,13 +44,14 @@ def test_sigterm_drains_and_exits(tmp_path, shared_audio):
         with raw(f"ws://127.0.0.1:{port}/api-ws/v1/inference") as ws:
             tid = start_task(ws)
             ws.send(pcm[:16000 * 2 * 3])
-            time.sleep(0.5)
+            # the task is under way (the server recognised some of the 3 s) when SIGTERM comes
+            events = [json.loads(ws.recv(timeout=30))]
+            assert events[0]["header"]["event"] == "result-generated", events
             proc.send_signal(signal.SIGTERM)
-            events = []
             try:
                 for off in range(16000 * 6, len(pcm), 3200):  # keep streaming in real time
                     ws.send(pcm[off:off + 3200])
-                    time.sleep(0.1)
+                    time.sleep(0.1)  # pacing the audio, not a wait
             except ConnectionClosed:
                 pass
             with pytest.raises(ConnectionClosed) as err:
