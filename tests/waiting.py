@@ -22,3 +22,19 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
             return last
         time.sleep(every)
     raise AssertionError(f"{what}: not true after {timeout} s (last: {last!r})")
+
+
+async def wait_until_async(check: Callable[[], Any], timeout: float, what: str,
+                           every: float = 0.005) -> Any:
+    """``wait_until`` for a test running on the event loop: the loop keeps running (the task
+    under test makes progress) between checks."""
+    import asyncio
+
+    end = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"{what}: not true after {timeout} s (last: {last!r})")
