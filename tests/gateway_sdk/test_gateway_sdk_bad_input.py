@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sdkutil import (Collect, action_msg, expect_failed, norm, raw, run_task_msg, start_task,
                      stream_realtime)
+from waiting import wait_until
 
 def client_gone_count() -> float:
     from callscribe.telemetry import render_metrics
@@ -96,11 +97,9 @@ def bad_inputs(server, shared_audio):
         ws.send(pcm[:32000])
         ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a WebSocket close frame
         ws.socket.close()
-        deadline = time.monotonic() + 30  # generous: the machine may be loaded
-        while time.monotonic() < deadline:
-            if client_gone_count() == gone + 1 and server.gw.admission.active < during:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: client_gone_count() == gone + 1
+                   and server.gw.admission.active < during, 30,
+                   "the vanished client's task abandoned and its session freed", every=0.05)
     assert client_gone_count() == gone + 1  # the server abandoned the task...
     assert server.gw.admission.active < during  # ...and freed the session
     yield "handshake that never completes"
