@@ -61,3 +61,66 @@ def loop_thread():
     lt = LoopThread()
     yield lt
     lt.stop()
+
+
+# --- markers, applied from what a test uses -------------------------------------------------
+#
+# ``-m unit`` selects what runs in seconds without a broker, the model, a browser, Helm, Maven or
+# the scratch image build; the other markers name what a test needs.  They are not written on
+# the tests: ``pytest_collection_modifyitems`` reads the source of the test function and of
+# every fixture it uses (its whole fixture closure) for the calls below, so a test added later
+# is marked the same way.  A parametrised fixture whose variants differ (``local`` / ``kafka``)
+# marks its variants itself with ``pytest.param(..., marks=...)``; its source is then not read.
+
+#: marker -> calls in a test's (or a fixture's) source that mean it needs that
+NEEDS: dict[str, tuple[str, ...]] = {
+    # a real broker: make_kafka_fixture's fixtures construct KafkaBroker; a worker subprocess
+    "kafka": ("KafkaBroker(", "WorkerProcess("),
+    # the Whisper model loaded in this process or in a `callscribe serve/transcribe/worker`
+    "model": ("Runtime.create(", "WorkerProcess(", '"serve"', '"transcribe"', '"worker"'),
+    "browser": ("sync_playwright", "async_playwright"),
+    "helm": ("helm.sh",),
+    "java": ('"mvn"',),
+    # the Dockerfile's stages executed into a scratch root (pip install and model install)
+    "image": ("_execute_stage(",),
+}
+HEAVY = tuple(NEEDS)
+
+
+def _source(func: object, cache: dict[object, str]) -> str:
+    import inspect
+
+    if func not in cache:
+        try:
+            cache[func] = inspect.getsource(func)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            cache[func] = ""
+    return cache[func]
+
+
+def _variants_marked(fixturedef: object) -> bool:
+    from _pytest.mark.structures import ParameterSet
+
+    params = getattr(fixturedef, "params", None) or ()
+    return any(isinstance(p, ParameterSet) and p.marks for p in params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cache: dict[object, str] = {}
+    for item in items:
+        sources = [_source(getattr(item, "function", None), cache)]
+        info = getattr(item, "_fixtureinfo", None)
+        for defs in (info.name2fixturedefs.values() if info is not None else ()):
+            fd = defs[-1]  # the definition this item gets (the closest override)
+            if not _variants_marked(fd):
+                sources.append(_source(fd.func, cache))
+        text = "\n".join(sources)
+        have = {m.name for m in item.iter_markers()}
+        for name, calls in NEEDS.items():
+            if name not in have and any(c in text for c in calls):
+                item.add_marker(name)
+                have.add(name)
+        if "shared_audio" in item.fixturenames and "shared_audio" not in have:
+            item.add_marker("shared_audio")
+        if not have.intersection(HEAVY):
+            item.add_marker("unit")

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from waiting import wait_until  # noqa: F401 (the tests import it from here too)
 from callscribe.pipeline.codec import CallSummary, DeadLetter, TranscriptEvent, decode
 from callscribe.settings import Settings, load_settings
 
@@ -194,16 +195,3 @@ def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
                                   if not k.startswith("otel_")))
             out.setdefault(sample.name, {})[labels] = sample.value
     return out
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.3) -> Any:
-    """Call ``check`` until it returns something true (returned) or the deadline (failing
-    with ``what`` and the last value): a condition with a deadline, not a sleep."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not true after {timeout} s (last: {last!r})")

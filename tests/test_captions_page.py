@@ -310,10 +310,11 @@ def test_page_without_keys_connects_without_a_token(chromium, loop_thread, runti
             try:
                 page = browser.new_page()
                 page.on("websocket", lambda ws: sockets.append(ws.url))
-                page.goto(f"http://127.0.0.1:{gw.port}/")
+                with page.expect_response(lambda r: r.url.endswith("/api/v1/auth-info")) as auth:
+                    page.goto(f"http://127.0.0.1:{gw.port}/")
+                assert auth.value.json()["api_key_required"] is False  # auth-info answered
                 page.wait_for_function("() => document.getElementById('state-text').textContent "
                                        "=== 'Stopped'")
-                time.sleep(0.3)  # auth-info answered
                 assert not page.get_by_label("API key").is_visible()
                 page.get_by_label("Hotwords").fill("Americans\nJFK")
                 page.get_by_role("button", name="Start").click()

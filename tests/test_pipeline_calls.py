@@ -16,6 +16,7 @@ import copy
 import numpy as np
 import pytest
 from audiogen import espeak_wav, have_tools, silence
+from waiting import wait_until_async
 
 from callscribe.errors import EngineError
 from callscribe.pipeline.calls import (ChannelRecord, ChannelState, EndedCalls, HeldChunk,
@@ -307,9 +308,12 @@ class Harness:
                 if not kept:
                     self.sink.release(self.state, [h2])
             self.proc.wake()
-            while step and self.state.session is not None and (
-                    self.state.session.has_work() and not self.state.input_closed):
-                await asyncio.sleep(0.005)
+            if step:
+                st = self.state
+                await wait_until_async(
+                    lambda: not (st.session is not None and st.session.has_work()
+                                 and not st.input_closed), 60,
+                    "the processor caught up with the chunk")
 
     async def run(self, chunks, timeout: float = 60) -> None:
         task = self.proc.start()
@@ -395,8 +399,8 @@ async def test_a_decode_that_keeps_failing_is_dead_lettered_and_the_call_goes_on
     first = chunks_of(np.concatenate([gap[:4800], speech[0], gap]))
     task = h.proc.start()
     await h.feed(first)
-    while not [k for k, _ in h.sink.log if k == "publish"]:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: [k for k, _ in h.sink.log if k == "publish"], 60,
+                           "the error event published")
     assert flaky.raised == 2  # one attempt and one retry
     dead = [v for k, v in h.sink.log if k == "dead"]
     error = h.sink.published()[0]
@@ -440,8 +444,8 @@ async def test_a_new_owner_finishes_a_pending_final_exactly_once(runtime, landed
     if landed:
         h.sink.log.append(("publish", event))
     task = h.proc.start()
-    while not [k for k, _ in h.sink.log if k == "save"]:
-        await asyncio.sleep(0.005)
+    await wait_until_async(lambda: [k for k, _ in h.sink.log if k == "save"], 60,
+                           "the channel record saved")
     task.cancel()
     assert [v.idempotency_key for v in h.sink.published()] == [event.idempotency_key]
     assert h.sink.log[-1][0] == "save" and h.sink.log[-1][1]["pending"] is None

@@ -64,7 +64,8 @@ def make_settings(broker: KafkaBroker, **kw):
     base = dict(kafka_bootstrap=broker.bootstrap, kafka_topic_audio=f"t-{tag}.audio",
                 kafka_topic_transcripts=f"t-{tag}.transcripts",
                 kafka_topic_partials=f"t-{tag}.partials",
-                kafka_topic_dead_letters=f"t-{tag}.dead", kafka_audio_partitions=CALL_PARTITIONS,
+                kafka_topic_dead_letters=f"t-{tag}.dead", kafka_topic_analytics=f"t-{tag}.analytics",
+                kafka_audio_partitions=CALL_PARTITIONS,
                 kafka_transcripts_partitions=CALL_PARTITIONS, kafka_partials_enabled=False,
                 kafka_deadline_s=20.0)
     base.update(kw)

@@ -19,6 +19,7 @@ from websockets.sync.client import connect
 from callscribe.gateway.tokens import PREFIX, TokenStore, TokenStoreFull
 from callscribe.settings import load_settings
 from serverutil import StubRuntime, start_gateway
+from waiting import wait_until
 
 KEY = "sk-token-test-key"
 OTHER_KEY = "sk-token-other-key"
@@ -196,11 +197,9 @@ def test_bad_key_and_bad_requests(gw, clock):
 def test_websocket_accepts_a_token_once(gw, clock):
     tok = issue(gw)["token"]
     with connect(ws_url(gw, tok), open_timeout=5):
-        for _ in range(100):  # the session belongs to the key that issued the token
-            if gw.connections:
-                break
-            time.sleep(0.01)
-        (conn,) = list(gw.connections)
+        # the session belongs to the key that issued the token
+        (conn,) = wait_until(lambda: list(gw.connections), 10, "the session registered",
+                             every=0.01)
         assert conn.key_id == gw.keys.identify(f"Bearer {KEY}")
         assert conn.key_id != gw.keys.identify(f"Bearer {OTHER_KEY}")
     assert refused(ws_url(gw, tok)) == 401  # reused

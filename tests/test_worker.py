@@ -6,7 +6,7 @@ In order (later tests change the stack): a two-channel call in real time; ten ca
 over four partitions and two workers; poison records; a worker SIGKILLed mid-call (the
 other takes over: every final exactly once, none missing); the broker restarted mid-call
 (nothing lost).  The SDK tests of ``serve --kafka`` are the ``[kafka]`` variants in
-test_gateway_sdk.py.
+tests/gateway_sdk/.
 """
 
 from __future__ import annotations
@@ -348,7 +348,9 @@ async def test_broker_restarted_mid_call_nothing_lost(stack: Stack, tmp_path: Pa
     path = speech_call(tmp_path / "restart.wav", RESTART)
     produce = asyncio.create_task(produce_file(path, call_id, None, True, settings=s,
                                                options=EN))
-    await asyncio.sleep(4.0)
+    # mid-call: the first sentence is transcribed, the producer is still streaming
+    await wait_first_final(stack.bootstrap, s.kafka_topic_transcripts, call_id, timeout=60)
+    assert not produce.done(), "the call ended before the broker could be restarted mid-call"
     t0 = time.monotonic()
     await asyncio.to_thread(stack.broker.restart)
     restart_s = time.monotonic() - t0

@@ -1,0 +1,1 @@
+"""The dashscope SDK end-to-end tests, one server for the folder (see conftest.py)."""
