@@ -176,7 +176,7 @@ async def test_an_ended_call_gets_one_revised_transcript_per_channel(
         "callscribe_worker_revisions_backlog")
     assert metrics["callscribe_worker_revisions_total"][(("outcome", "published"),)] == 2
     print(f"\nrevised vs live, agent: {' '.join(r.text for r in sets[0])!r} | "
-          f"{' '.join(f.text for f in live if f.channel == 0)!r}")
+          f"{' '.join(f.text for f in live if f.channel == 0)!r}\n{card.to_dict()}")
 
 
 async def test_a_worker_killed_with_revisions_queued_the_next_owner_publishes_them_once(
