@@ -183,15 +183,16 @@ class ChannelRecord:
     revised: bool = False
     revising: int | None = None
 
-    def retired(self, partition: int) -> ChannelRecord:
+    def retired(self, partition: int, *, revising: bool = True) -> ChannelRecord:
         """What stays in the table once the call's summary is out and its chunks committed:
         enough to know the call ended (``ended``, ``summary``, ``last_offset``) and, until
-        the channel is revised, what its revision needs (offsets, options)."""
+        the channel is revised, what its revision needs (offsets, options; ``revising``
+        False: revisions are off, no options)."""
         return ChannelRecord(role=self.role, sid=self.sid, end_ms=self.end_ms,
                              count=self.count, ended=self.ended or "end_of_stream",
                              duration_ms=self.duration_ms, last_offset=self.last_offset,
                              summary=True, partition=partition,
-                             options=None if self.revised else self.options,
+                             options=self.options if revising and not self.revised else None,
                              first_offset=self.first_offset, revised=self.revised,
                              revising=self.revising)
 

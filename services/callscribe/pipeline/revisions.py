@@ -122,9 +122,10 @@ class Revisions:
     # --- queueing -----------------------------------------------------------------------------
     def add(self, key: str, rec: ChannelRecord, partition: int) -> None:
         """An ended channel (its call's summary is out): queue its revision unless done."""
-        if not self.enabled or not rec.summary or rec.revised or key in self.queued \
-                or (self.running and self.running[0] == key):
+        if not self.enabled or not rec.summary or rec.revised or key in self.queued:
             return
+        if self.running and self.running[0] == key and not self._cancel.is_set():
+            return  # being revised (an abandoned one is queued again)
         if len(self.queue) >= self.bound:
             self.spilled += 1
             return
