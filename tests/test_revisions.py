@@ -17,6 +17,7 @@ Plus Kafka-free checks: the audio assembly (holes, overlaps) and an older schema
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import uuid
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from analytics_call import PII, SECRETS
 from audiogen import espeak_wav, have_tools, write_wav
 from kafka_broker import KafkaBroker, make_kafka_fixture
@@ -246,3 +247,78 @@ def test_a_schema_dir_without_the_revised_type_still_loads(tmp_path: Path) -> No
             shutil.copy(f, tmp_path / f.name)
     codec = Codec(tmp_path)
     assert "revised_transcript" not in codec.schemas and "transcript_event" in codec.schemas
+
+
+async def test_a_redo_after_a_crash_between_publishing_and_marking_publishes_nothing_again(
+        revision_broker: KafkaBroker, call_wav: Path, tmp_path: Path) -> None:
+    """The crash window after the revised records are out and before ``revised`` is written
+    cannot be hit with a signal deterministically, so its state is made directly: a worker
+    revises the call and stops, then the channel's table record is written back to the
+    changelog as that window leaves it (``revising`` set, ``revised`` not); a new worker
+    must find the set in the transcripts topic and only mark it."""
+    settings = pipeline_settings(revision_broker.bootstrap, partitions=2)
+    await ensure_topics(None, settings, deadline_s=30)
+    first = WorkerProcess(settings, tmp_path / "first.log").start()
+    second = WorkerProcess(settings, tmp_path / "second.log")
+    topic = settings.kafka_topic_transcripts
+    try:
+        first.wait_assigned(timeout=120)
+        call_id = f"revwin-{uuid.uuid4().hex[:8]}"
+        await produce_file(call_wav, call_id, ["agent", "customer"], settings=settings,
+                           options=EN)
+        wait_until(lambda: logged(first, "revision published", call_id) == {0, 1}, REVISED_S,
+                   "both channels revised")
+        first.stop()
+        before = revised(await read_all(settings.kafka_bootstrap, topic,
+                                        settings.kafka_transcripts_partitions), call_id)
+        changelog = f"{settings.kafka_worker_group}-calls-changelog"
+        rows = await read_all_raw(settings.kafka_bootstrap, changelog, 2)
+        key = json.dumps(f"{call_id}:0").encode()
+        last = [r for r in rows if r.key == key][-1]
+        rec = json.loads(last.value)
+        assert rec["revised"] is True and rec["revising"] is None, rec
+        rec.update(revised=False, revising=min(r.created_at_ms for r in before[0]) - 1000)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(changelog, json.dumps(rec).encode(), key=key,
+                                         partition=last.partition)
+        finally:
+            await producer.stop()
+        second.start()
+        wait_until(lambda: logged(second, "revision done", call_id)
+                   | logged(second, "revision published", call_id), REVISED_S,
+                   "the new owner finished channel 0")
+        records = await read_all(settings.kafka_bootstrap, topic,
+                                 settings.kafka_transcripts_partitions)
+    finally:
+        first.stop()
+        second.stop()
+    check_one_set(revised(records, call_id), call_id)
+    [done] = [e for e in second.events() if e.get("event") == "revision done"]
+    assert done["channel"] == 0 and done["outcome"] == "found_published", done
+    assert not logged(second, "revision started", call_id)
+
+
+async def read_all_raw(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """The raw records of ``topic`` up to its end offsets now, in offset order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await consumer.stop()
+    total = sum(ends.values())
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(out) < total:
+            assert asyncio.get_running_loop().time() < deadline, "not read within 60 s"
+            for rs in (await consumer.getmany(timeout_ms=500)).values():
+                out += rs
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
