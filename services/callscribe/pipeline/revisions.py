@@ -306,10 +306,10 @@ class Revisions:
         consumer = AIOKafkaConsumer(**client_kwargs(s, w.bootstrap), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="none",
                                     client_id=f"{s.kafka_client_id}-revise")
-        await asyncio.wait_for(consumer.start(), s.kafka_deadline_s)
         chunks: dict[int, AudioChunk] = {}
         key = call_id.encode()
         try:
+            await asyncio.wait_for(consumer.start(), s.kafka_deadline_s)
             consumer.assign([tp])
             consumer.seek(tp, first)
             while await consumer.position(tp) <= last:
