@@ -142,14 +142,18 @@ def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
 
 
 def transcribe_pcm(runtime: Runtime, audio: np.ndarray, opts: StreamOptions, *,
-                   pace: Callable[[], None] | None = None) -> list[FinalSentence]:
+                   pace: Callable[[], None] | None = None,
+                   whisper: Any = None) -> list[FinalSentence]:
     """One channel decoded whole: float PCM at the engine's rate (16 kHz) in, its sentences
     (ids from 1, times in ms of ``audio``) out.  The one whole-file code path: ``callscribe
     transcribe`` and the Kafka worker's revised transcripts (pipeline/revisions.py) both call
     it; a sentence with no words left is skipped, so ids may have holes.  ``pace`` is called
     before each 30 s window is decoded (faster-whisper decodes its segments lazily): the
-    worker blocks there while live decoding is behind, or raises to abandon the decode."""
+    worker blocks there while live decoding is behind, or raises to abandon the decode.
+    ``whisper``: the faster-whisper model to decode with (default: the runtime's; the worker
+    passes its low-priority copy)."""
     engine = runtime.engine
+    fw = whisper or engine.whisper
     hook = make_final_hook(opts, runtime.settings, runtime.emotion)
     hints = [h for h in opts.language_hints if h and engine.supported_language(h)]
     fixed = hints[0] if len(hints) == 1 else None
@@ -161,7 +165,7 @@ def transcribe_pcm(runtime: Runtime, audio: np.ndarray, opts: StreamOptions, *,
         return []
     if pace is not None:
         pace()
-    segments, info = engine.whisper.transcribe(
+    segments, info = fw.transcribe(
         audio, language=fixed, multilingual=fixed is None,
         beam_size=runtime.settings.file_beam_size, clip_timestamps=clips,
         word_timestamps=True, condition_on_previous_text=True,
@@ -178,7 +182,7 @@ def transcribe_pcm(runtime: Runtime, audio: np.ndarray, opts: StreamOptions, *,
         sent = _trim_to_speech(sent, voiced)
         begin_ms, end_ms = int(sent[0].start * 1000), int(sent[-1].end * 1000)
         clip = audio[begin_ms * rate // 1000: end_ms * rate // 1000]
-        language = fixed or _detect(engine, clip, hints) or info.language
+        language = fixed or _detect(fw, rate, clip, hints) or info.language
         rel = [RawWord(w.start - sent[0].start, w.end - sent[0].start,
                        _script(w.text, language), w.probability) for w in sent]
         ws = close_sentence(to_words(rel, begin_ms, end_ms, language), language)
@@ -231,11 +235,11 @@ def _script(text: str, language: str | None) -> str:
     return text
 
 
-def _detect(engine, clip: np.ndarray, hints: list[str]) -> str | None:
+def _detect(whisper, rate: int, clip: np.ndarray, hints: list[str]) -> str | None:
     """The language of one sentence (files can switch language), within ``hints``."""
-    if len(clip) < engine.sample_rate // 2:
+    if len(clip) < rate // 2:
         return None
-    _, _, probs = engine.whisper.detect_language(clip)
+    _, _, probs = whisper.detect_language(clip)
     allowed = [(code, p) for code, p in probs if not hints or code in hints]
     return allowed[0][0] if allowed else None
 

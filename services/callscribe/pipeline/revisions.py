@@ -42,6 +42,7 @@ for, like a channel's critical section.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -101,6 +102,10 @@ class Revisions:
         self.publishing: asyncio.Task | None = None
         self.attempts: dict[str, int] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._whisper: Any = None  # the revisions' own model, loaded in their thread
+        if self.enabled:  # at start, not mid-traffic: loading holds the GIL for a while
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="revise")
+            self._whisper = self._executor.submit(self._load_model).result()
         self._go = threading.Event()  # set: live recognition keeps up, decode on
         self._cancel = threading.Event()
         self._wake: asyncio.Event | None = None
@@ -265,8 +270,6 @@ class Revisions:
         loop = asyncio.get_running_loop()
         gate = loop.create_task(self._gate())
         try:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="revise")
             values = await loop.run_in_executor(self._executor, self._decode, call_id, ch,
                                                 rec, chunks)
         finally:
@@ -344,7 +347,8 @@ class Revisions:
 
         w = self.worker
         audio, base = assemble(chunks)
-        finals = transcribe_pcm(w.runtime, audio, rec.stream_options(), pace=self._pace)
+        finals = transcribe_pcm(w.runtime, audio, rec.stream_options(), pace=self._pace,
+                                whisper=self._whisper)
         now = now_ms()
         n = len(finals)
         out = []
@@ -361,6 +365,27 @@ class Revisions:
                                           w.model_name, created_at_ms=now)
             out.append(self._records(empty, empty, 0, 0))
         return out
+
+    def _load_model(self) -> Any:
+        """A copy of the model for revisions alone, at the lowest CPU priority: this thread
+        is niced to 19 first (on Linux a thread's nice value is its own) and the model's
+        compute threads, created by it, inherit that; so the kernel runs live decodes first
+        and a revision never takes one of the live model's workers."""
+        from faster_whisper import WhisperModel
+
+        from callscribe.asr.models import resolve_model_dir
+
+        s = self.worker.settings
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError) as exc:  # not Linux: same priority as live
+            log.warning("revisions run at normal CPU priority", error=repr(exc))
+        model_dir = resolve_model_dir(s.model_dir, s.cache_dir)
+        model = WhisperModel(str(model_dir), device="cpu", compute_type=s.compute_type,
+                             cpu_threads=s.cpu_threads, num_workers=1, local_files_only=True)
+        log.info("revision model loaded", model=model_dir.name,
+                 nice=os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return model
 
     def _records(self, clear: Any, redacted: Any, sid: int, n: int
                  ) -> tuple[str, bytes, bytes | None]:
