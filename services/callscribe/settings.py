@@ -219,10 +219,11 @@ class Settings(BaseSettings):
     #: Port of the worker's Prometheus ``/metrics`` (0: any free port, logged; -1: none).
     metrics_port: int = Field(default=9464, ge=-1, le=65535)
     #: Revised transcripts: when a call ends, each channel is decoded again as a whole (as
-    #: ``callscribe transcribe`` decodes a file) in one low-priority thread that waits while
-    #: live decoding is behind, and published as ``revised_transcript`` records (after the
-    #: CallSummary, on the transcripts topic).  Needs ``revised_transcript.schema.json`` in
-    #: the schema directory (without it the worker logs that revisions are off).
+    #: ``callscribe transcribe`` decodes a file) in one thread at nice 19 with its own copy
+    #: of the model (~160 MB), waiting while live decoding is behind, and published as
+    #: ``revised_transcript`` records (after the CallSummary, on the transcripts topic).
+    #: Needs ``revised_transcript.schema.json`` in the schema directory (without it the
+    #: worker logs that revisions are off).
     kafka_worker_revisions: bool = True
     #: Ended channels held in memory waiting for their revision; more wait in the worker
     #: table (never dropped) and are queued as the queue drains.
