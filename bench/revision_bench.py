@@ -4,7 +4,7 @@
     .venv/bin/python bench/revision_bench.py --calls 8 --gap 3 --file call.wav
 
 Starts a broker (unless --bootstrap); for each mode (``CALLSCRIBE_KAFKA_WORKER_REVISIONS``
-true, then false) creates fresh topics and starts one ``callscribe worker``, then streams the
+true and false, ``--rounds`` pairs in alternating order) creates fresh topics and starts one ``callscribe worker``, then streams the
 recording as N calls in real time, each starting ``--gap`` s after the previous, so the
 revisions of the calls that have ended run while later calls are live.  Prints, per mode,
 each final's delay (wall time it was published minus the wall time its last audio was
@@ -110,6 +110,8 @@ def main() -> int:
     ap.add_argument("--file", default=str(REPO.parent / "shared" / "audio" /
                                           "en_jfk_16k.wav"))
     ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="on/off pairs, alternating which goes first (load drifts)")
     args = ap.parse_args()
     args.stereo = "stereo" in Path(args.file).name
     tmp = Path(tempfile.mkdtemp(prefix="callscribe-rev-"))
@@ -119,9 +121,11 @@ def main() -> int:
                               str(free_port()), "--dir", str(tmp / "kafka")], check=True,
                              capture_output=True, text=True).stdout
         bootstrap = out.strip().split("=", 1)[1]
-    results = {}
+    results = []
+    modes = [m for r in range(args.rounds) for m in ((True, False) if r % 2 == 0
+                                                       else (False, True))]
     try:
-        for revisions in (True, False):
+        for revisions in modes:
             tag = uuid.uuid4().hex[:6]
             env = {**os.environ, "CALLSCRIBE_KAFKA_BOOTSTRAP": bootstrap,
                    "CALLSCRIBE_KAFKA_TOPIC_AUDIO": f"rb-{tag}.audio",
@@ -149,7 +153,7 @@ def main() -> int:
                         raise SystemExit(f"worker did not start; see {logpath}")
                     time.sleep(0.5)
                 args.revisions = revisions
-                results[revisions] = asyncio.run(run_mode(args, settings))
+                results.append((revisions, asyncio.run(run_mode(args, settings))))
             finally:
                 worker.terminate()
                 worker.wait(60)
@@ -159,7 +163,7 @@ def main() -> int:
                             str(tmp / "kafka")], capture_output=True)
     print(f"\n{args.calls} real-time calls of {Path(args.file).name}, {args.gap:g} s apart, "
           f"one worker, {os.cpu_count()} CPUs")
-    for revisions, (records, starts, ends) in results.items():
+    for revisions, (records, starts, ends) in results:
         delays = [rec.created_at_ms - (starts[rec.call_id] + rec.end_ms) for _, rec in records
                   if isinstance(rec, TranscriptEvent) and rec.final and rec.call_id in starts]
         line = (f"  revisions {'on ' if revisions else 'off'}: {len(delays)} finals, delay "
