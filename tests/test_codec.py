@@ -35,7 +35,7 @@ from callscribe.pipeline.codec import (
 from callscribe.recognition.events import Emotion, FinalSentence, Partial, Word
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMAS = ["audio_chunk", "transcript_event", "call_summary", "dead_letter"]
+SCHEMAS = ["audio_chunk", "transcript_event", "call_summary", "dead_letter", "revised_transcript"]
 
 
 def chunk(**kw) -> AudioChunk:

@@ -233,6 +233,24 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_cache_dir() / "worker")
     #: Port of the worker's Prometheus ``/metrics`` (0: any free port, logged; -1: none).
     metrics_port: int = Field(default=9464, ge=-1, le=65535)
+    #: Revised transcripts: when a call ends, each channel is decoded again as a whole (as
+    #: ``callscribe transcribe`` decodes a file) in one thread at nice 19 with its own copy
+    #: of the model (~160 MB), waiting while live decoding is behind, and published as
+    #: ``revised_transcript`` records (after the CallSummary, on the transcripts topic).
+    #: Needs ``revised_transcript.schema.json`` in the schema directory (without it the
+    #: worker logs that revisions are off).
+    kafka_worker_revisions: bool = True
+    #: Ended channels held in memory waiting for their revision; more wait in the worker
+    #: table (never dropped) and are queued as the queue drains.
+    kafka_worker_revisions_queue: int = Field(default=1000, ge=1, le=1000000)
+    #: The longest channel (s of audio) revised; a longer one gets no revision (logged and
+    #: counted ``too_long``): its whole audio is held in memory while it is decoded (~230 MB
+    #: per hour at 16 kHz).
+    kafka_worker_revision_max_audio_s: float = Field(default=3600.0, ge=10.0, le=6 * 3600.0)
+    #: Seconds a revision waits after its call ended before it starts (0: at once).  Tests use
+    #: it to stop a worker with a revision queued; a deployment may use it to let a burst of
+    #: live traffic pass before revising.
+    kafka_worker_revision_delay_s: float = Field(default=0.0, ge=0.0, le=86400.0)
     # --- end kafka -----------------------------------------------------------------------
 
     # --- analytics (services/callscribe/analytics/) ----------------------------------------

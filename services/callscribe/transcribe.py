@@ -1,8 +1,9 @@
 """File transcription: whole-file by default, or exactly as the live service would.
 
 * ``transcribe_file`` (whole file, the default of ``callscribe transcribe``): each channel is
-  decoded at once with full context, as Whisper is meant to be used on a recording: VAD skips
-  silence, beam search, each window conditioned on the previous text, word timestamps.  The
+  decoded at once with full context (:func:`transcribe_pcm`, shared with the Kafka worker's
+  revised transcripts), as Whisper is meant to be used on a recording: VAD skips silence,
+  beam search, each window conditioned on the previous text, word timestamps.  The
   words are then grouped into sentences at sentence-final punctuation and get the same
   post-processing as live finals (hotword correction, ITN, emotion, language).
 * ``transcribe_live`` (``--live``): the file is read in 64 KiB chunks through the streaming
@@ -135,40 +136,61 @@ def transcribe_file(runtime: Runtime, path: Path, opts: StreamOptions, *,
     (analytics) gets each channel's loudness (see :func:`_levels`)."""
     pcm = _read_all(path, _open(runtime, path, opts, audio_format), progress)
     _levels(levels, pcm)
+    out = [(ch, s) for ch, audio in enumerate(pcm) for s in transcribe_pcm(runtime, audio, opts)]
+    out.sort(key=lambda p: (p[1].begin_time, p[0]))
+    return out
+
+
+def transcribe_pcm(runtime: Runtime, audio: np.ndarray, opts: StreamOptions, *,
+                   pace: Callable[[], None] | None = None,
+                   whisper: Any = None) -> list[FinalSentence]:
+    """One channel decoded whole: float PCM at the engine's rate (16 kHz) in, its sentences
+    (ids from 1, times in ms of ``audio``) out.  The one whole-file code path: ``callscribe
+    transcribe`` and the Kafka worker's revised transcripts (pipeline/revisions.py) both call
+    it; a sentence with no words left is skipped, so ids may have holes.  ``pace`` is called
+    before each 30 s window is decoded (faster-whisper decodes its segments lazily): the
+    worker blocks there while live decoding is behind, or raises to abandon the decode.
+    ``whisper``: the faster-whisper model to decode with (default: the runtime's; the worker
+    passes its low-priority copy)."""
     engine = runtime.engine
+    fw = whisper or engine.whisper
     hook = make_final_hook(opts, runtime.settings, runtime.emotion)
     hints = [h for h in opts.language_hints if h and engine.supported_language(h)]
     fixed = hints[0] if len(hints) == 1 else None
     rate = engine.sample_rate
-    out: list[tuple[int, FinalSentence]] = []
-    for ch, audio in enumerate(pcm):
-        voiced = _voiced(runtime, audio)
-        clips = _clips(voiced)
-        if not clips:
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    voiced = _voiced(runtime, audio)
+    clips = _clips(voiced)
+    if not clips:
+        return []
+    if pace is not None:
+        pace()
+    segments, info = fw.transcribe(
+        audio, language=fixed, multilingual=fixed is None,
+        beam_size=runtime.settings.file_beam_size, clip_timestamps=clips,
+        word_timestamps=True, condition_on_previous_text=True,
+        initial_prompt=opts.context or None,
+        hotwords=" ".join(h.text for h in opts.hotwords) or None)
+    words = []
+    for seg in segments:
+        words += [RawWord(w.start, w.end, w.word, w.probability) for w in (seg.words or ())]
+        if pace is not None:
+            pace()
+    pause_s = (opts.max_sentence_silence_ms or runtime.settings.max_sentence_silence_ms) / 1000
+    out: list[FinalSentence] = []
+    for sid, sent in enumerate(_sentences(words, pause_s), 1):
+        sent = _trim_to_speech(sent, voiced)
+        begin_ms, end_ms = int(sent[0].start * 1000), int(sent[-1].end * 1000)
+        clip = audio[begin_ms * rate // 1000: end_ms * rate // 1000]
+        language = fixed or _detect(fw, rate, clip, hints) or info.language
+        rel = [RawWord(w.start - sent[0].start, w.end - sent[0].start,
+                       _script(w.text, language), w.probability) for w in sent]
+        ws = close_sentence(to_words(rel, begin_ms, end_ms, language), language)
+        if not ws:
             continue
-        segments, info = engine.whisper.transcribe(
-            audio, language=fixed, multilingual=fixed is None,
-            beam_size=runtime.settings.file_beam_size, clip_timestamps=clips,
-            word_timestamps=True, condition_on_previous_text=True,
-            initial_prompt=opts.context or None,
-            hotwords=" ".join(h.text for h in opts.hotwords) or None)
-        words = [RawWord(w.start, w.end, w.word, w.probability)
-                 for seg in segments for w in (seg.words or ())]
-        pause_s = (opts.max_sentence_silence_ms or runtime.settings.max_sentence_silence_ms) / 1000
-        for sid, sent in enumerate(_sentences(words, pause_s), 1):
-            sent = _trim_to_speech(sent, voiced)
-            begin_ms, end_ms = int(sent[0].start * 1000), int(sent[-1].end * 1000)
-            clip = audio[begin_ms * rate // 1000: end_ms * rate // 1000]
-            language = fixed or _detect(engine, clip, hints) or info.language
-            rel = [RawWord(w.start - sent[0].start, w.end - sent[0].start,
-                           _script(w.text, language), w.probability) for w in sent]
-            ws = close_sentence(to_words(rel, begin_ms, end_ms, language), language)
-            if not ws:
-                continue
-            final = FinalSentence(sid, begin_ms, end_ms, words_text(ws, language), tuple(ws),
-                                  language)
-            out.append((ch, hook(final, clip)))
-    out.sort(key=lambda p: (p[1].begin_time, p[0]))
+        final = FinalSentence(sid, begin_ms, end_ms, words_text(ws, language), tuple(ws),
+                              language)
+        out.append(hook(final, clip))
     return out
 
 
@@ -213,11 +235,11 @@ def _script(text: str, language: str | None) -> str:
     return text
 
 
-def _detect(engine, clip: np.ndarray, hints: list[str]) -> str | None:
+def _detect(whisper, rate: int, clip: np.ndarray, hints: list[str]) -> str | None:
     """The language of one sentence (files can switch language), within ``hints``."""
-    if len(clip) < engine.sample_rate // 2:
+    if len(clip) < rate // 2:
         return None
-    _, _, probs = engine.whisper.detect_language(clip)
+    _, _, probs = whisper.detect_language(clip)
     allowed = [(code, p) for code, p in probs if not hints or code in hints]
     return allowed[0][0] if allowed else None
 

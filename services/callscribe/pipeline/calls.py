@@ -176,15 +176,41 @@ class ChannelRecord:
     loud: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
     cat_said: dict = field(default_factory=dict)
     categories: list = field(default_factory=list)
-    partition: int = -1  # the call's audio partition (set on a retired record)
+    partition: int = -1  # the call's audio partition
+    # revised transcript (pipeline/revisions.py): lowest audio offset of this channel, the
+    # revision's events published, the wall time its publishing started (written ahead)
+    first_offset: int = -1
+    revised: bool = False
+    revising: int | None = None
 
-    def retired(self, partition: int) -> ChannelRecord:
+    def retired(self, partition: int, *, revising: bool = True) -> ChannelRecord:
         """What stays in the table once the call's summary is out and its chunks committed:
-        enough to know the call ended (``ended``, ``summary``, ``last_offset``), no options."""
+        enough to know the call ended (``ended``, ``summary``, ``last_offset``) and, until
+        the channel is revised, what its revision needs (offsets, options; ``revising``
+        False: revisions are off, no options)."""
         return ChannelRecord(role=self.role, sid=self.sid, end_ms=self.end_ms,
                              count=self.count, ended=self.ended or "end_of_stream",
                              duration_ms=self.duration_ms, last_offset=self.last_offset,
-                             summary=True, partition=partition)
+                             summary=True, partition=partition,
+                             options=self.options if revising and not self.revised else None,
+                             first_offset=self.first_offset, revised=self.revised,
+                             revising=self.revising)
+
+    def stream_options(self) -> Any:
+        """The call's options (its first chunk's, else the defaults) for recognition: a
+        ``StreamOptions`` (live sessions and the revision decode alike)."""
+        from callscribe.pipeline.codec import AudioOptions
+        from callscribe.recognition.runtime import StreamOptions
+        from callscribe.recognition.vocabulary import Hotword
+
+        o = AudioOptions.from_dict(self.options) if self.options else AudioOptions()
+        return StreamOptions(
+            language_hints=tuple(o.language_hints),
+            max_sentence_silence_ms=o.max_sentence_silence_ms,
+            hotwords=tuple(Hotword(h.text, h.weight, h.lang) for h in o.hotwords or ()),
+            disfluency_removal=bool(o.disfluency_removal), itn=o.itn,
+            partials=o.partials is not False, emotion=o.emotion is not False,
+            context=o.context)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +297,7 @@ class ChannelState:
         self.is_new = record is None
         self.resumed = record is not None  # another owner (or an earlier life) had it
         self.record = record or ChannelRecord(role=role)
+        self.record.partition = partition  # where the call's audio is (the revision reads it)
         # a fresh channel starts at seq 0; a replay at whatever comes first
         self.reorder: ReorderBuffer[tuple[AudioChunk, HeldChunk]] = ReorderBuffer(
             reorder_window, expected=0 if record is None else None)
@@ -305,6 +332,8 @@ class ChannelState:
     def take(self, chunk: AudioChunk, held: HeldChunk) -> tuple[list, list[HeldChunk]]:
         """Reorder: ([(chunk, held)] in order, [held] dropped as duplicates/late)."""
         self.record.last_offset = max(self.record.last_offset, held.offset)
+        if not 0 <= self.record.first_offset <= held.offset:
+            self.record.first_offset = held.offset
         if not held.eos:
             self.audio_end_ms = max(self.audio_end_ms, held.end_ms)
         if self.record.capture_base_ms is None:

@@ -280,6 +280,33 @@ class CategoryEvent(_Plain):
 
 
 @dataclass(frozen=True, slots=True)
+class RevisedTranscript(_Plain):
+    """One sentence of a channel's revised (whole-channel) transcript: see the schema and
+    :mod:`callscribe.pipeline.revisions`."""
+
+    RECORD_TYPE = "revised_transcript"
+    _OMIT = ("created_at_ms", "redaction")
+    _NESTED = TranscriptEvent._NESTED
+    call_id: str
+    channel: int
+    role: str
+    revision: int
+    sentence_id: int
+    sentence_count: int
+    begin_ms: int
+    end_ms: int
+    text: str
+    words: tuple[TranscriptWord, ...]
+    language: str | None
+    emotion: TranscriptEmotion | None
+    engine: str
+    model: str
+    idempotency_key: str
+    created_at_ms: int | None = None
+    redaction: TranscriptRedaction | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter(_Plain):
     RECORD_TYPE = "dead_letter"
     _OMIT = ("call_id", "source_value_sha256", "source_value_size")
@@ -305,11 +332,12 @@ class DeadLetter(_Plain):
 
 #: record types added after version 1 of the schema set: a schema directory without them
 #: still loads (records of such a type are then rejected as an unknown type)
-OPTIONAL_TYPES = frozenset({"category_event"})
-Record = AudioChunk | TranscriptEvent | CallSummary | DeadLetter | CategoryEvent
+OPTIONAL_TYPES = frozenset({"category_event", "revised_transcript"})
+Record = (AudioChunk | TranscriptEvent | CallSummary | DeadLetter | CategoryEvent
+          | RevisedTranscript)
 RECORD_TYPES: dict[str, type] = {c.RECORD_TYPE: c for c in (AudioChunk, TranscriptEvent,
                                                              CallSummary, DeadLetter,
-                                                             CategoryEvent)}
+                                                             CategoryEvent, RevisedTranscript)}
 
 
 # --- helpers for the worker --------------------------------------------------------------
@@ -449,9 +477,13 @@ class Codec:
         if (where := _nonfinite(obj)) is not None:
             raise CodecError(f"{rtype}: {where}: NaN or infinity is not a number",
                              code="SchemaViolation")
-        if rtype == "transcript_event" and obj["end_ms"] < obj["begin_ms"]:
-            raise CodecError(f"transcript_event: /end_ms: {obj['end_ms']} is before begin_ms "
+        timed = rtype in ("transcript_event", "revised_transcript")
+        if timed and obj["end_ms"] < obj["begin_ms"]:
+            raise CodecError(f"{rtype}: /end_ms: {obj['end_ms']} is before begin_ms "
                              f"{obj['begin_ms']}", code="SchemaViolation")
+        if rtype == "revised_transcript" and obj["sentence_id"] > obj["sentence_count"]:
+            raise CodecError(f"revised_transcript: /sentence_id: {obj['sentence_id']} is past "
+                             f"sentence_count {obj['sentence_count']}", code="SchemaViolation")
         if rtype == "audio_chunk" and obj["format"] == "pcm" and len(obj["payload"]) % 2:
             raise CodecError(f"audio_chunk: /payload: {len(obj['payload'])} bytes is not a whole "
                              "number of 16-bit pcm samples", code="SchemaViolation")

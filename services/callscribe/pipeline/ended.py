@@ -2,9 +2,10 @@
 
 Once a call's summary is published and the commit has passed its records, each of its
 channels' table records is replaced by a small retired record (``ChannelRecord.retired``:
-``ended``, ``summary``, ``last_offset``, no options).  That record is the memory: it lives in
-the worker table, so it moves with the partition and survives restarts, and a late record
-finds it on whichever worker owns the partition.  A record for a call whose summary is out
+``ended``, ``summary``, ``last_offset``; the options only until the channel's revised
+transcript is out).  That record is the memory: it lives in the worker table, so it moves
+with the partition and survives restarts, and a late record finds it on whichever worker
+owns the partition.  A record for a call whose summary is out
 (a second end_of_stream, a late seq, a seq after the end, a channel the call did not have)
 is counted ``after_end`` and dead-lettered as ``CallEnded``; a replay of the call's own
 records (at or before its last offset, after a restart) is counted and acknowledged.
@@ -63,7 +64,7 @@ class EndedCallKeeper:
             chunk, p, offset, raw)
 
     async def retire(self, key: str, partition: int, rec: ChannelRecord) -> None:
-        retired = rec.retired(partition)
+        retired = rec.retired(partition, revising=self.worker.revisions.enabled)
         await self.worker.sink.put_record(key, partition, retired)
         self.index.add(key, partition, retired.updated_at_ms)
 

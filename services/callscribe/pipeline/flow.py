@@ -157,6 +157,7 @@ class InflightBudget:
         self._on_pause = on_pause
         self._on_partials = on_partials
         self._changed = asyncio.Event()
+        self._watchers: set[asyncio.Future] = set()
 
     def add(self, ms: int) -> None:
         self.total_ms += ms
@@ -193,6 +194,28 @@ class InflightBudget:
 
     def _notify(self) -> None:
         self._changed.set()
+        for fut in self._watchers:
+            if not fut.done():
+                fut.set_result(None)
+        self._watchers.clear()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait for the next processing step or forgotten channel, at most ``timeout`` s
+        (the revisions' gate re-checks the levels then)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._watchers.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._watchers.discard(fut)
+
+    @property
+    def behind(self) -> bool:
+        """Live recognition is behind: paused, partials off, or over a quarter of the bound
+        in flight (where partials come back).  Revisions wait meanwhile."""
+        return self.paused or not self.partials or self.total_ms > self.high_ms // 4
 
     def has_room(self, state) -> bool:
         return self.total_ms < self.high_ms and state.accounted_ms < self.per_session_ms

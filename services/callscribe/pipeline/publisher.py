@@ -17,7 +17,8 @@ call has at most 8 channels) are looked at; when all have ended the summary is p
 once (a per-call lock; ``summary`` in the records stops a replay from publishing it again,
 and a call resumed from the table first looks for the summary's idempotency key in its
 transcripts partition, in case the last owner died between publishing it and noting that),
-and only then are the end-of-stream chunks acknowledged.
+and only then are the end-of-stream chunks acknowledged, and the call's channels queued for
+their revised transcripts (:mod:`~callscribe.pipeline.revisions`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -246,7 +248,20 @@ class KafkaSink:
                         error=repr(exc))
             return False
 
+    async def published(self, call_id: str, since_ms: int, want: Callable[[Any], bool]
+                        ) -> list[Any]:
+        """The records of the call in its transcripts partition, written at or after
+        ``since_ms``, for which ``want`` holds (within ``kafka_deadline_s``, else raises)."""
+        return await asyncio.wait_for(self._scan(call_id, since_ms, want),
+                                      self.worker.settings.kafka_deadline_s)
+
     async def _find(self, call_id: str, idempotency_key: str, since_ms: int) -> bool:
+        return bool(await self._scan(
+            call_id, since_ms,
+            lambda rec: getattr(rec, "idempotency_key", None) == idempotency_key, first=True))
+
+    async def _scan(self, call_id: str, since_ms: int, want: Callable[[Any], bool], *,
+                    first: bool = False) -> list[Any]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.partitioner import DefaultPartitioner
 
@@ -258,11 +273,12 @@ class KafkaSink:
                                     group_id=None, enable_auto_commit=False,
                                     client_id=f"{self.worker.settings.kafka_client_id}-check")
         await consumer.start()
+        out: list[Any] = []
         try:
             consumer.assign([tp])
             found = (await consumer.offsets_for_times({tp: max(0, since_ms)}))[tp]
             if found is None:
-                return False
+                return out
             end = (await consumer.end_offsets([tp]))[tp]
             consumer.seek(tp, found.offset)
             key = call_id.encode()
@@ -270,9 +286,11 @@ class KafkaSink:
                 for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
                     if r.key == key and r.offset < end:
                         rec = self.worker.codec.decode_or_dead_letter(r.value)
-                        if getattr(rec, "idempotency_key", None) == idempotency_key:
-                            return True
-            return False
+                        if want(rec):
+                            out.append(rec)
+                            if first:
+                                return out
+            return out
         finally:
             await consumer.stop()
 
@@ -328,6 +346,9 @@ class KafkaSink:
                 rec.summary = True
                 await self.put_record(f"{call}:{ch}", st.partition if st else state.partition,
                                       rec)
+        for ch, (rec, st) in channels.items():  # the call is over: revise its channels
+            self.worker.revisions.add(f"{call}:{ch}", rec,
+                                      st.partition if st else state.partition)
         for _rec, st in channels.values():
             if st is not None:
                 eos, st.eos_chunks = st.eos_chunks, []

@@ -32,7 +32,8 @@ Rebalances: on revocation the worker waits briefly for the channels' critical se
 commits what is safe; on assignment it drops the channels of partitions it lost and keeps the
 rest (faust re-seeks to the committed offsets; the trackers ignore what they already had).
 A channel with no chunk for ``kafka_worker_idle_timeout_s`` is closed once the broker says
-its partition has nothing unread.
+its partition has nothing unread.  Ended calls get revised transcripts:
+:mod:`~callscribe.pipeline.revisions`.
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ from callscribe.errors import ConfigurationError
 from callscribe.pipeline.calls import (ChannelRecord, ChannelState, HeldChunk, OffsetTracker,
                                        chunk_duration_ms)
 from callscribe.pipeline.channel import ChannelProcessor
-from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec, DeadLetter, dead_letter_for
+from callscribe.pipeline.codec import AudioChunk, Codec, DeadLetter, dead_letter_for
 from callscribe.pipeline.dead_letters import KeyMismatch, PartitionMismatch
 from callscribe.pipeline.ended import EndedCallKeeper
 from callscribe.pipeline.flow import IdleWatch, InflightBudget, RetryingEngine, WorkerMetrics
 from callscribe.pipeline.gauges import WorkerGauges
 from callscribe.pipeline.publisher import (MAX_CHANNELS, KafkaSink, ResultsProducer,
                                            faust_credentials)
+from callscribe.pipeline.revisions import Revisions
 from callscribe.recognition.session import RecognitionSession
 from callscribe.settings import Settings
 from callscribe.tracing import context_from_headers
@@ -111,6 +113,7 @@ class PipelineWorker:
         self.app = self._build_app(partitions)
         self.chunk_ms = float(settings.kafka_chunk_ms)  # running mean of the chunks' audio
         self.ended = EndedCallKeeper(self)  # after the app: it reads the table
+        self.revisions = Revisions(self)  # revised transcripts of ended calls
         self.metrics.observe(WorkerGauges(self))
 
     # --- the faust app ------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class PipelineWorker:
                                help="published sentences per call:channel")
         self.changelog_topic = self.table.changelog_topic_name
         self.table.on_recover(lambda: self.ended.on_recovered())
+        self.table.on_recover(lambda: self.revisions.on_recovered())
 
         @app.agent(audio, name="audio")
         async def consume(stream: faust.StreamT) -> None:
@@ -316,17 +320,7 @@ class PipelineWorker:
         return proc
 
     def _make_session(self, st: ChannelState) -> RecognitionSession:
-        from callscribe.recognition.runtime import StreamOptions
-        from callscribe.recognition.vocabulary import Hotword
-
-        o = AudioOptions.from_dict(st.record.options) if st.record.options else AudioOptions()
-        session = self.runtime.new_session(StreamOptions(
-            language_hints=tuple(o.language_hints),
-            max_sentence_silence_ms=o.max_sentence_silence_ms,
-            hotwords=tuple(Hotword(h.text, h.weight, h.lang) for h in o.hotwords or ()),
-            disfluency_removal=bool(o.disfluency_removal), itn=o.itn,
-            partials=o.partials is not False, emotion=o.emotion is not False,
-            context=o.context), engine=self.engine)
+        session = self.runtime.new_session(st.record.stream_options(), engine=self.engine)
         session.partials_enabled = self.budget.partials
         session.pool_busy = getattr(self.runtime, "pool_busy", None)  # load shedding
         return session
@@ -451,6 +445,7 @@ class PipelineWorker:
                      for t in proc.criticals}
         if criticals:
             await asyncio.wait(criticals, timeout=REVOKE_WAIT_S)
+        await self.revisions.revoked(lost, REVOKE_WAIT_S)
         try:
             await asyncio.wait_for(self.commit(lost), REVOKE_WAIT_S)
         except Exception as exc:  # the new owner replays from the last commit instead
@@ -477,6 +472,7 @@ class PipelineWorker:
     async def _on_shutdown(self, app: Any, **_: Any) -> None:
         self.stopping = True
         self.engine.stopping.set()
+        self.revisions.stop()
         self.budget.wake()
         criticals = {t for proc in self.channels.values() for t in proc.criticals}
         if criticals:
