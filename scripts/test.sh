@@ -19,6 +19,8 @@ scripts/helm.sh >&2        # pinned Helm from the Go module proxy, cached in ~/.
 # the pinned dependencies and plugins of the Java SDK suite (tests/java/pom.xml), compiled once
 # here so that tests/test_java_sdk.py runs Maven offline
 (cd tests/java && mvn -q -B -Dtest=NONE -Dsurefire.failIfNoSpecifiedTests=false test >&2)
+# lint (pyflakes + pycodestyle, pinned ruff; rules in pyproject.toml) before the tests
+.venv/bin/ruff check --quiet services/
 export CALLSCRIBE_REQUIRE_KAFKA=1
 export CALLSCRIBE_REQUIRE_JAVA=1
 export CALLSCRIBE_REQUIRE_BROWSER=1

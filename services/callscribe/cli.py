@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hotword", action="append", metavar="TEXT[:WEIGHT]",
                    help="bias recognition toward TEXT (weight 1..5, default 4); repeatable")
     t.add_argument("--vocabulary", metavar="FILE",
-                   help='hotwords: a JSON list of {"text", "weight", "lang"} or text[:weight] lines')
+                   help='hotwords: a JSON list of {"text", "weight", "lang"} or '
+                        'text[:weight] lines')
     t.add_argument("--no-itn", action="store_true",
                    help="keep numbers as words (no inverse text normalisation)")
     t.add_argument("--disfluency-removal", action="store_true", help="drop uh, um, 嗯, 呃 ...")

@@ -5,8 +5,8 @@
     callscribe produce --call-id C123 stereo.wav --channels agent,customer --language en
 
 Each channel of the file is its own stream (never mixed).  The audio topic must exist
-(``callscribe topics create``).  Prints one JSON line (what was sent) on success; exit status 2 with a message on an
-error, e.g. when the broker did not answer within the deadline.
+(``callscribe topics create``).  Prints one JSON line (what was sent) on success; exit status
+2 with a message on an error, e.g. when the broker did not answer within the deadline.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def add_produce_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--hotword", action="append", metavar="TEXT[:WEIGHT]",
                    help="bias recognition toward TEXT (weight 1..5, default 4); repeatable")
     p.add_argument("--vocabulary", metavar="FILE",
-                   help='hotwords: a JSON list of {"text", "weight", "lang"} or text[:weight] lines')
+                   help='hotwords: a JSON list of {"text", "weight", "lang"} or '
+                        'text[:weight] lines')
     p.add_argument("--max-sentence-silence", type=int, default=None, metavar="MS",
                    help="silence that ends a sentence, 200..6000 ms")
     p.add_argument("--redact", default=None, metavar="TYPES",

@@ -86,7 +86,8 @@ class Settings(BaseSettings):
     #: Longest task (seconds of audio) accepted.
     max_task_seconds: int = Field(default=4 * 3600, ge=10)
     #: SQLite file for hotword vocabularies.
-    vocabulary_db: Path = Field(default_factory=lambda: _default_cache_dir() / "vocabularies.sqlite3")
+    vocabulary_db: Path = Field(
+        default_factory=lambda: _default_cache_dir() / "vocabularies.sqlite3")
     #: Lifetime (s) of a WebSocket token from ``POST /api/v1/tokens`` (``?token=`` on the
     #: WebSocket URL, for browsers; single use).  Also the most a client's
     #: ``expire_in_seconds`` may ask for.

@@ -223,8 +223,8 @@ def _trim_to_speech(sent: list[RawWord], voiced: np.ndarray) -> list[RawWord]:
     last = sent[-1]
     f = frames(last)
     if len(f):
-        sent = sent[:-1] + [RawWord(last.start, max(last.start, min(last.end, (f[-1] + 1) * frame_s)),
-                                    last.text, last.probability)]
+        end = max(last.start, min(last.end, (f[-1] + 1) * frame_s))
+        sent = sent[:-1] + [RawWord(last.start, end, last.text, last.probability)]
     return sent
 
 

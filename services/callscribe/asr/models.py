@@ -122,7 +122,8 @@ def verify_dir(path: Path, expected_sha256: str | None = None) -> str:
     if not path.is_dir():
         raise ModelError(f"model directory {path} does not exist; {_REINSTALL} "
                          "or set CALLSCRIBE_MODEL_DIR to a CTranslate2 Whisper model directory")
-    missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (path / n).is_file()]
+    missing = [n for n in ("model.bin", "config.json", "tokenizer.json")
+               if not (path / n).is_file()]
     if missing:
         raise ModelError(f"model directory {path} lacks {', '.join(missing)}; it is not a "
                          f"CTranslate2 Whisper model (for the bundled model: {_REINSTALL})")
@@ -175,7 +176,8 @@ def list_models(model_dir: Path | None, cache_dir: Path) -> list[ModelInfo]:
     out.append(ModelInfo(
         name=BUNDLED_NAME, path=target, installed=mb.is_file(), verified=is_installed(target),
         size_bytes=mb.stat().st_size if mb.is_file() else 0,
-        detail="bundled Whisper base (MIT), default" if model_dir is None else "bundled, not in use"))
+        detail=("bundled Whisper base (MIT), default" if model_dir is None
+                else "bundled, not in use")))
     if model_dir is not None:
         p = Path(model_dir) / "model.bin"
         out.append(ModelInfo(name=Path(model_dir).name, path=Path(model_dir), installed=p.is_file(),

@@ -62,5 +62,6 @@ class SileroVad:
             ctx[1:] = frames[:-1, -CONTEXT:]
         state.context = frames[-1, -CONTEXT:].copy()
         batch = np.concatenate([ctx, frames], axis=1)
-        out, state.h, state.c = self._session.run(None, {"input": batch, "h": state.h, "c": state.c})
+        out, state.h, state.c = self._session.run(
+            None, {"input": batch, "h": state.h, "c": state.c})
         return np.asarray(out, np.float32).reshape(-1)

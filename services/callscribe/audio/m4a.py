@@ -38,7 +38,8 @@ class M4aBackend(Backend):
         if not self._checked and self._size >= 8:
             head = b"".join(self._parts)[:8]
             if head[4:8] not in _TOP_LEVEL:
-                raise CorruptAudio("m4a: not an MP4/ISO-BMFF file (no ftyp/moov/mdat box at byte 0)")
+                raise CorruptAudio("m4a: not an MP4/ISO-BMFF file "
+                                   "(no ftyp/moov/mdat box at byte 0)")
             self._checked = True
         return []
 

@@ -71,7 +71,8 @@ def _gapless(frame: bytes, off: int, spf: int) -> Trimmer:
     v = int.from_bytes(frame[p + 21 : p + 24], "big")
     start_pad, end_pad = v >> 12, v & 0xFFF
     limit = frames * spf - start_pad - end_pad if frames else None
-    return Trimmer(skip=start_pad + _MP3_DECODER_DELAY, limit=limit if limit and limit > 0 else None)
+    return Trimmer(skip=start_pad + _MP3_DECODER_DELAY,
+                   limit=limit if limit and limit > 0 else None)
 
 
 class _SyncBackend(Backend):
@@ -180,7 +181,8 @@ class _SyncBackend(Backend):
             if self.frames == 0:
                 msg = f"{self.fmt}: no valid frame in the first {at + n} bytes"
             else:
-                msg = f"{self.fmt}: no valid frame in {self._garbage} bytes from byte {self._garbage_at}"
+                msg = (f"{self.fmt}: no valid frame in {self._garbage} bytes from byte "
+                       f"{self._garbage_at}")
             raise CorruptAudio(msg)
 
     def _frame(self, frame: bytes, key: tuple, at: int, out: list[Chunk]) -> None:

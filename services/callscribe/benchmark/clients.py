@@ -75,7 +75,8 @@ async def run_task_client(i: int, url: str, api_key: str, load: Workload,
     task_id = uuid.uuid4().hex
     header = {"streaming": "duplex", "task_id": task_id}
     try:
-        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
+        auth = {"Authorization": f"Bearer {api_key}"}
+        async with websockets.connect(url, additional_headers=auth,
                                       max_size=None, open_timeout=30) as ws:
             await ws.send(json.dumps({"header": {**header, "action": "run-task"}, "payload": {
                 "model": "fun-asr-realtime", "task_group": "audio", "task": "asr",

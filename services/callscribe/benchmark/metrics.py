@@ -40,7 +40,8 @@ def normalize_en(text: str) -> list[str]:
 
 def normalize_zh(text: str) -> list[str]:
     text = zhconv.convert(unicodedata.normalize("NFKC", text), "zh-cn")
-    return [c for c in text if not unicodedata.category(c).startswith(("P", "Z", "S")) and not c.isspace()]
+    return [c for c in text
+            if not unicodedata.category(c).startswith(("P", "Z", "S")) and not c.isspace()]
 
 
 def edit_distance(ref: list[str], hyp: list[str]) -> int:

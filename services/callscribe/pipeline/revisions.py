@@ -24,8 +24,8 @@ Priority: one revision at a time, on the revisions' own copy of the model (loade
 loading holds the GIL, which mid-traffic delayed live finals by seconds), in a thread niced to
 19 whose compute threads inherit that, so the kernel runs live decodes first and no live
 decode waits for a model worker.  The decode also waits before every 30 s window while live
-recognition is behind (:attr:`~callscribe.pipeline.flow.InflightBudget.behind`).  The queue is bounded
-(``kafka_worker_revisions_queue``); a channel that finds it full stays in the table (summary
+recognition is behind (:attr:`~callscribe.pipeline.flow.InflightBudget.behind`).  The queue is
+bounded (``kafka_worker_revisions_queue``); a channel that finds it full stays in the table (summary
 out, not revised) and is queued from there when the queue has drained: never dropped.  The
 backlog gauge ``callscribe.worker.revisions_backlog`` counts both.
 

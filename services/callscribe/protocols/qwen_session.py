@@ -113,7 +113,8 @@ def parse_session(s: dict[str, Any], cur: Config) -> Config:
         lang = tr["language"]
         if lang is not None and (not isinstance(lang, str) or not 0 < len(lang) <= 16):
             raise RequestError(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
-                               "'en'.", "invalid_value", "session.input_audio_transcription.language")
+                               "'en'.", "invalid_value",
+                               "session.input_audio_transcription.language")
         out = replace(out, language=lang.strip().lower() if lang else None)
     if isinstance(tr, dict) and "corpus" in tr:
         corpus = tr["corpus"]

@@ -76,8 +76,9 @@ class Committed:
 class Progress:
     """Recognition has processed the stream's audio up to ``processed_ms``.  Emitted by the
     asyncio stream (:class:`callscribe.recognition.runtime.AsyncStream`, when opened with
-    ``StreamOptions(progress=True)``) after every processing step, after that step's events: rules in audio time (run-task's SilenceTimeout) are
-    decided on it, never on audio that arrived but was not yet looked at."""
+    ``StreamOptions(progress=True)``) after every processing step, after that step's events:
+    rules in audio time (run-task's SilenceTimeout) are decided on it, never on audio that
+    arrived but was not yet looked at."""
 
     processed_ms: int
 

@@ -414,7 +414,8 @@ def _zh_spans(s: str) -> list[tuple[int, int, str]]:
     spans, pos = [], 0
     while pos < len(s):
         # a numeral glued to a preceding numeral/unit char is part of something we skipped
-        if pos and re.match(f"[{_D}两十百千万亿]", s[pos - 1]) and re.match(f"[{_D}十百千]", s[pos]):
+        if (pos and re.match(f"[{_D}两十百千万亿]", s[pos - 1])
+                and re.match(f"[{_D}十百千]", s[pos])):
             pos += 1
             continue
         r = _zh_match(s, pos)

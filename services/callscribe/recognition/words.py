@@ -29,7 +29,8 @@ def split_punctuation(text: str) -> tuple[str, str]:
     return core[j:], punct
 
 
-def to_words(raw: Iterable[RawWord], begin_ms: int, end_ms: int, language: str | None) -> list[Word]:
+def to_words(raw: Iterable[RawWord], begin_ms: int, end_ms: int,
+             language: str | None) -> list[Word]:
     """Stream-relative words, each inside [begin_ms, end_ms], non-decreasing in time."""
     out: list[Word] = []
     floor = begin_ms
