@@ -125,3 +125,23 @@ def test_option_limits_and_misuse(runtime):
     s.input_finished()
     with pytest.raises(SessionError, match="after the end of input"):
         s.accept_waveform(np.zeros(160, np.float32))
+
+
+def test_first_partial_comes_early(runtime, two_sentences):
+    """The first partial of each sentence covers ~``first_partial_ms`` of speech, not a whole
+    partial interval: callers see their first words while they speak (audio time, so exact)."""
+    def first_partials(**opts):
+        events = run(runtime, two_sentences, partial_interval_ms=800, **opts)
+        firsts: dict[int, Partial] = {}
+        for e in events:
+            if isinstance(e, Partial):
+                firsts.setdefault(e.sentence_id, e)
+        starts = {e.sentence_id: e.begin_time for e in events if isinstance(e, SpeechStarted)}
+        return {sid: p.end_time - starts[sid] for sid, p in firsts.items()}
+
+    early = first_partials(first_partial_ms=300)
+    late = first_partials(first_partial_ms=0)
+    assert len(early) == 2 and len(late) == 2, (early, late)
+    # begin_time includes the 200 ms pre-roll and the onset frame; chunks are 100 ms
+    assert all(d <= 300 + 232 + 100 for d in early.values()), early
+    assert all(d >= 800 for d in late.values()), late

@@ -110,6 +110,7 @@ class Runtime:
             max_sentence_silence_ms=opts.max_sentence_silence_ms or s.max_sentence_silence_ms,
             max_sentence_ms=s.max_sentence_ms,
             partial_interval_ms=s.partial_interval_ms if opts.partials else 0,
+            first_partial_ms=s.first_partial_ms,
             vad_threshold=s.vad_threshold if opts.vad_threshold is None else opts.vad_threshold,
             endpointing=opts.endpointing,
             max_buffered_audio_ms=s.max_buffered_audio_ms,

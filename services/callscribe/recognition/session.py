@@ -50,6 +50,9 @@ class SessionOptions:
     max_sentence_ms: int = 15000
     #: audio ms between partials of one sentence; 0 disables partials
     partial_interval_ms: int = 1000
+    #: audio ms from a sentence's onset to its first partial (a short, cheap decode, so the
+    #: first words show while the caller speaks); 0: the same as ``partial_interval_ms``
+    first_partial_ms: int = 0
     vad_threshold: float = 0.5
     min_speech_ms: int = 160
     speech_pad_ms: int = 200
@@ -113,6 +116,7 @@ class _Sentence:
     confirmed: bool = False
     voiced_ms: int = 0
     frame_probs: list[float] = field(default_factory=list)
+    partials: int = 0  # partial decodes made for this sentence
     #: a final decoded ahead of time, during the end-of-sentence silence: (end sample, result)
     early: tuple[int, DecodeResult] | None = None
 
@@ -324,13 +328,17 @@ class RecognitionSession:
     def _maybe_partial(self, events: list[Event], backlog_ms: int) -> None:
         s = self._sentence
         o = self.options
+        due = o.partial_interval_ms
+        if s is not None and not s.partials and o.first_partial_ms:
+            due = min(due, o.first_partial_ms)
         if (s is None or not s.confirmed or o.partial_interval_ms <= 0
                 or not self.partials_enabled
-                or self._processed - s.last_partial_at < o.partial_interval_ms * MS
+                or self._processed - s.last_partial_at < due * MS
                 or self.pending_ms + backlog_ms > o.partial_skip_backlog_ms
                 or (self.pool_busy is not None and self.pool_busy())):
             return
         s.last_partial_at = self._processed
+        s.partials += 1
         audio = self._audio(s.start, self._processed)
         result = self._decode(audio, partial=True, language=s.language)
         self.decodes["partial"] += 1
