@@ -45,16 +45,24 @@ class HttpRequest(Request):
     body: bytes = b""
 
 
-class RequestLineTooLong(SecurityError):
-    pass
+class _TooLarge(SecurityError, HttpError):
+    """A request refused while it is read, before websockets sees it: a websockets
+    ``SecurityError`` (its parsers raise and catch that) under callscribe's root; ``status`` is
+    the plain-text response's status."""
+
+    code = "RequestTooLarge"
 
 
-class HeaderTooLarge(SecurityError):
-    pass
+class RequestLineTooLong(_TooLarge):
+    status = 414
 
 
-class BodyTooLarge(SecurityError):
-    pass
+class HeaderTooLarge(_TooLarge):
+    status = 431
+
+
+class BodyTooLarge(_TooLarge):
+    status = 413
 
 
 def install_body_parser(protocol: ServerProtocol) -> None:
@@ -99,11 +107,8 @@ def _parse(protocol: ServerProtocol) -> Generator[None, None, None]:
     except Exception as exc:
         protocol.handshake_exc = InvalidMessage("did not receive a valid HTTP request")
         protocol.handshake_exc.__cause__ = exc
-        status = {RequestLineTooLong: http.HTTPStatus.REQUEST_URI_TOO_LONG,
-                  HeaderTooLarge: http.HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-                  BodyTooLarge: http.HTTPStatus.REQUEST_ENTITY_TOO_LARGE}.get(type(exc))
-        if status is not None:
-            protocol.send_response(protocol.reject(status, f"{exc}\n"))
+        if isinstance(exc, _TooLarge):
+            protocol.send_response(protocol.reject(http.HTTPStatus(exc.status), f"{exc}\n"))
         else:
             protocol.send_eof()
             protocol.parser = protocol.discard()
