@@ -13,7 +13,7 @@ import json
 import pytest
 
 from callscribe.errors import (CODES, CallscribeError, CorruptAudio, EngineError, Overloaded,
-                               ServerShuttingDown, SessionError, for_code)
+                               RecognitionEndedEarly, ServerShuttingDown, SessionError, for_code)
 from callscribe.pipeline.kafka_stream import KafkaPipeline
 from callscribe.protocols.common import (CLOSE_INTERNAL, CLOSE_POLICY, Close, SendFrame,
                                          StartRecognition, wire_error)
@@ -93,7 +93,7 @@ def test_every_catalogued_class_carries_its_code_and_a_consistent_fault():
     ("Overloaded", Overloaded, CLOSE_INTERNAL),
     ("EngineError", EngineError, CLOSE_INTERNAL),
     ("CorruptAudio", CorruptAudio, CLOSE_POLICY),
-    ("NoSuchCode", CallscribeError, CLOSE_POLICY),
+    ("NoSuchCode", CallscribeError, CLOSE_INTERNAL),
 ])
 def test_a_worker_error_code_is_rebuilt_as_its_class(code, cls, close):
     """KafkaStream rebuilds a worker's transcript error from its code (for_code): the class,
@@ -101,6 +101,15 @@ def test_a_worker_error_code_is_rebuilt_as_its_class(code, cls, close):
     exc = for_code(code, "recognition failed: x")
     assert type(exc) is cls
     assert wire_error(exc)[2] == close
+
+
+def test_internal_errors_are_the_servers_fault():
+    """README: ``InternalError`` is a server-side failure, close 1011 (an engine crash wrapped
+    by the runtime, recognition ending before finish-task, an unexpected exception)."""
+    for exc in (CallscribeError("recognition failed: boom"),
+                RecognitionEndedEarly("recognition ended before finish-task"),
+                ZeroDivisionError("boom")):
+        assert wire_error(exc)[0::2] == ("InternalError", CLOSE_INTERNAL), exc
 
 
 def test_server_shutting_down_is_retriable_and_the_servers_fault():

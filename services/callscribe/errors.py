@@ -22,9 +22,10 @@ class CallscribeError(Exception):
     code: str = "InternalError"
     #: whether retrying the same operation may succeed
     retriable: bool = False
-    #: the client's fault (close 1008) or the server's (close 1011); a class that sets
-    #: ``retriable = True`` is the server's fault unless it says otherwise
-    client_fault: bool = True
+    #: the client's fault (close 1008: bad audio, bad parameters, a broken protocol) or the
+    #: server's (close 1011); an error is the server's unless its class says otherwise (and a
+    #: class that sets ``retriable = True`` is the server's fault unless it says otherwise)
+    client_fault: bool = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -61,6 +62,7 @@ class AudioError(CallscribeError):
     """Base for problems with the audio a client sent."""
 
     code = "InvalidAudio"
+    client_fault = True
 
 
 class UnsupportedFormat(AudioError):
@@ -109,6 +111,7 @@ class SessionError(CallscribeError):
     """A recognition session was used wrongly (fed after close, bad options)."""
 
     code = "InvalidParameter"
+    client_fault = True
 
 
 class ModelNotFound(SessionError):
@@ -117,9 +120,9 @@ class ModelNotFound(SessionError):
     code = "ModelNotFound"
 
 
-class RecognitionEndedEarly(SessionError):
-    """Recognition ended before the client finished its input (kept as ``InternalError`` on
-    the wire, closing 1008, as the run-task protocol always answered it)."""
+class RecognitionEndedEarly(CallscribeError):
+    """Recognition ended on its own before the client finished its input: a server-side
+    failure (``InternalError``, close 1011, as the README says)."""
 
     code = "InternalError"
 
@@ -284,6 +287,7 @@ class HttpError(CallscribeError):
 
     status: int = 400
     code = "InvalidParameter"
+    client_fault = True
 
 
 class BadRequest(HttpError):
