@@ -12,8 +12,9 @@ import json
 
 import pytest
 
-from callscribe.errors import (CODES, CallscribeError, CorruptAudio, EngineError, Overloaded,
-                               RecognitionEndedEarly, ServerShuttingDown, SessionError, for_code)
+from callscribe.errors import (CODES, CallscribeError, CorruptAudio, DecodeFailed, EngineError,
+                               Overloaded, RecognitionEndedEarly, ServerShuttingDown,
+                               SessionError, for_code)
 from callscribe.pipeline.kafka_stream import KafkaPipeline
 from callscribe.protocols.common import (CLOSE_INTERNAL, CLOSE_POLICY, Close, SendFrame,
                                          StartRecognition, wire_error)
@@ -92,6 +93,7 @@ def test_every_catalogued_class_carries_its_code_and_a_consistent_fault():
 @pytest.mark.parametrize("code, cls, close", [
     ("Overloaded", Overloaded, CLOSE_INTERNAL),
     ("EngineError", EngineError, CLOSE_INTERNAL),
+    ("DecodeFailed", DecodeFailed, CLOSE_INTERNAL),
     ("CorruptAudio", CorruptAudio, CLOSE_POLICY),
     ("NoSuchCode", CallscribeError, CLOSE_INTERNAL),
 ])

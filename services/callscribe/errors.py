@@ -104,6 +104,14 @@ class EngineError(CallscribeError):
     client_fault = False
 
 
+class DecodeFailed(EngineError):
+    """A Kafka worker's decode still failed after its retries (``pipeline/flow.py``); here so
+    that a gateway rebuilding a worker's transcript error (:func:`for_code`) knows the code."""
+
+    code = "DecodeFailed"
+    retriable = False
+
+
 # --- sessions ----------------------------------------------------------------------------
 
 
