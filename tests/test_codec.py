@@ -23,6 +23,7 @@ from callscribe.pipeline.codec import (
     ChannelSummary,
     Codec,
     CodecError,
+    NotMsgpack,
     DeadLetter,
     TranscriptEvent,
     dead_letter_for,
@@ -389,6 +390,6 @@ def test_decode_or_dead_letter() -> None:
     assert "version 7" in dl.reason
     assert dl.source_value == bad and dl.source_key == b"call-42" and dl.call_id == "call-42"
     assert decode(encode(dl)) == dl  # a dead letter is itself a valid record
-    garbage = dead_letter_for(CodecError("nope", code="NotMsgpack"), b"\xc1", key=None, topic="t")
+    garbage = dead_letter_for(NotMsgpack("nope"), b"\xc1", key=None, topic="t")
     assert garbage.call_id is None and garbage.source_key is None
     assert decode(encode(garbage)) == garbage

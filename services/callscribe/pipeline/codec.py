@@ -41,10 +41,38 @@ class CodecError(CallscribeError):
 
     code = "InvalidRecord"
 
-    def __init__(self, reason: str, *, code: str | None = None) -> None:
+    def __init__(self, reason: str) -> None:
         reason = reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 3] + "..."
-        super().__init__(reason, code=code)
+        super().__init__(reason)
         self.reason = reason
+
+
+class NotMsgpack(CodecError):
+    code = "NotMsgpack"
+
+
+class NotAMap(CodecError):
+    code = "NotAMap"
+
+
+class UnknownRecordType(CodecError):
+    code = "UnknownRecordType"
+
+
+class UnsupportedVersion(CodecError):
+    code = "UnsupportedVersion"
+
+
+class SchemaViolation(CodecError):
+    code = "SchemaViolation"
+
+
+class WrongRecordType(CodecError):
+    code = "WrongRecordType"
+
+
+class Undecodable(CodecError):
+    code = "Undecodable"
 
 
 # --- records -----------------------------------------------------------------------------
@@ -456,37 +484,36 @@ class Codec:
     def validate(self, obj: Any) -> str:
         """Check a decoded msgpack object; return its record type or raise CodecError."""
         if not isinstance(obj, dict):
-            raise CodecError(f"record is a msgpack {_kind(obj)}, not a map", code="NotAMap")
+            raise NotAMap(f"record is a msgpack {_kind(obj)}, not a map")
         rtype = obj.get("type")
         if rtype not in self._validators:
             what = "has no 'type' field" if "type" not in obj else f"has unknown type {rtype!r}"
-            raise CodecError(f"record {what} (known: {', '.join(sorted(self._validators))})",
-                             code="UnknownRecordType")
+            raise UnknownRecordType(f"record {what} (known: "
+                                    f"{', '.join(sorted(self._validators))})")
         version = obj.get("version")
         if type(version) is not int or version != self.versions[rtype]:
             what = "has no 'version' field" if "version" not in obj else f"version {version!r}"
-            raise CodecError(f"{rtype} {what} is not supported (this consumer reads version "
-                             f"{self.versions[rtype]})", code="UnsupportedVersion")
+            raise UnsupportedVersion(f"{rtype} {what} is not supported (this consumer reads "
+                                     f"version {self.versions[rtype]})")
         errors = list(self._validators[rtype].iter_errors(obj))
         if errors:
             # a plain field error ("/seq: 1.0 is not of type 'integer'") says more than a
             # cross-field rule that failed because of it
             plain = [e for e in errors if list(e.absolute_schema_path)[:1] != ["allOf"]]
             err = best_match(plain or errors)
-            raise CodecError(f"{rtype}: {self._describe(rtype, err)}", code="SchemaViolation")
+            raise SchemaViolation(f"{rtype}: {self._describe(rtype, err)}")
         if (where := _nonfinite(obj)) is not None:
-            raise CodecError(f"{rtype}: {where}: NaN or infinity is not a number",
-                             code="SchemaViolation")
+            raise SchemaViolation(f"{rtype}: {where}: NaN or infinity is not a number")
         timed = rtype in ("transcript_event", "revised_transcript")
         if timed and obj["end_ms"] < obj["begin_ms"]:
-            raise CodecError(f"{rtype}: /end_ms: {obj['end_ms']} is before begin_ms "
-                             f"{obj['begin_ms']}", code="SchemaViolation")
+            raise SchemaViolation(f"{rtype}: /end_ms: {obj['end_ms']} is before begin_ms "
+                                  f"{obj['begin_ms']}")
         if rtype == "revised_transcript" and obj["sentence_id"] > obj["sentence_count"]:
-            raise CodecError(f"revised_transcript: /sentence_id: {obj['sentence_id']} is past "
-                             f"sentence_count {obj['sentence_count']}", code="SchemaViolation")
+            raise SchemaViolation(f"revised_transcript: /sentence_id: {obj['sentence_id']} is "
+                                  f"past sentence_count {obj['sentence_count']}")
         if rtype == "audio_chunk" and obj["format"] == "pcm" and len(obj["payload"]) % 2:
-            raise CodecError(f"audio_chunk: /payload: {len(obj['payload'])} bytes is not a whole "
-                             "number of 16-bit pcm samples", code="SchemaViolation")
+            raise SchemaViolation(f"audio_chunk: /payload: {len(obj['payload'])} bytes is not a "
+                                  "whole number of 16-bit pcm samples")
         return rtype
 
     def _describe(self, rtype: str, err: ValidationError) -> str:
@@ -510,26 +537,23 @@ class Codec:
     def decode(self, data: bytes, expect: type | str | None = None) -> Record:
         """Any bytes -> a record, or CodecError (never another exception)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise CodecError(f"record value is {type(data).__name__}, not bytes",
-                             code="NotMsgpack")
+            raise NotMsgpack(f"record value is {type(data).__name__}, not bytes")
         try:
             obj = msgpack.unpackb(bytes(data), raw=False, use_list=True, strict_map_key=True)
         except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError...
-            raise CodecError(f"not a msgpack record ({type(exc).__name__}: {exc})",
-                             code="NotMsgpack") from None
+            raise NotMsgpack(f"not a msgpack record ({type(exc).__name__}: {exc})") from None
         try:
             want = expect if isinstance(expect, str) or expect is None else expect.RECORD_TYPE
             got = obj.get("type") if isinstance(obj, dict) else None
             # another known record type is on the wrong topic, whether or not it is valid
             if want is not None and got in self._validators and got != want:
-                raise CodecError(f"expected a {want} record, got {got}", code="WrongRecordType")
+                raise WrongRecordType(f"expected a {want} record, got {got}")
             rtype = self.validate(obj)
             return RECORD_TYPES[rtype].from_dict(obj)
         except CodecError:
             raise
         except Exception as exc:  # a bug here must not stop a consumer either
-            raise CodecError(f"record could not be read ({type(exc).__name__}: {exc})",
-                             code="Undecodable") from None
+            raise Undecodable(f"record could not be read ({type(exc).__name__}: {exc})") from None
 
     def decode_or_dead_letter(self, data: bytes, *, key: bytes | None = None, topic: str = "-",
                               partition: int = -1, offset: int = -1, component: str = "worker",

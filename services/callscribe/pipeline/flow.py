@@ -26,17 +26,10 @@ import structlog
 from opentelemetry import metrics
 
 from callscribe.asr.engine import DecodeRequest, DecodeResult, Engine
-from callscribe.errors import EngineError
+from callscribe.errors import DecodeFailed
 
 log = structlog.get_logger(__name__)
 MAX_BACKOFF_S = 5.0
-
-
-class DecodeFailed(EngineError):
-    """A decode still failed after its retries."""
-
-    code = "DecodeFailed"
-    retriable = False
 
 
 class RetryingEngine:

@@ -49,7 +49,8 @@ from opentelemetry import metrics
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from callscribe.audio import open_decoder, select_channel
-from callscribe.errors import CallscribeError, SessionError
+from callscribe.errors import (KafkaFailure, Overloaded, PipelineTimeout,
+                               SessionError, for_code)
 from callscribe.pipeline.codec import (AudioChunk, AudioOptions, CallSummary, Codec,
                                        CodecError, HotwordOption, TranscriptEvent)
 from callscribe.pipeline.producer import AudioProducer
@@ -123,7 +124,7 @@ class KafkaPipeline:
 
     def open_stream(self, opts: Any) -> KafkaStream:
         if not self.ready:
-            raise CallscribeError("the Kafka pipeline is not connected", code="Overloaded")
+            raise Overloaded("the Kafka pipeline is not connected")
         if not opts.endpointing:
             raise SessionError("manual commits (turn_detection null) are not supported by "
                                "the Kafka pipeline; use server VAD")
@@ -171,7 +172,7 @@ async def topic_partitions(settings: Settings, bootstrap: str | None,
     out = {m["topic"]: len(m.get("partitions") or ()) for m in meta}
     missing = [t for t in topics if not out.get(t)]
     if missing:
-        raise CallscribeError(f"Kafka topics {missing} do not exist", code="KafkaError")
+        raise KafkaFailure(f"Kafka topics {missing} do not exist")
     return out
 
 
@@ -272,8 +273,8 @@ class KafkaStream:
         if not isinstance(record, TranscriptEvent):
             return
         if record.error is not None:
-            self._events.put_nowait(CallscribeError(
-                f"recognition failed: {record.error.message}", code=record.error.code))
+            self._events.put_nowait(for_code(record.error.code,
+                                             f"recognition failed: {record.error.message}"))
             return
         if record.sentence_id <= self._last_final:
             return  # a replayed partial, or a final delivered twice
@@ -301,10 +302,10 @@ class KafkaStream:
                     item = await asyncio.wait_for(self._events.get(),
                                                   max(0.0, self._deadline - loop.time()))
                 except TimeoutError:
-                    raise CallscribeError(
+                    raise PipelineTimeout(
                         f"the pipeline workers did not finish call {self.call_id} within "
                         f"{self.pipeline.settings.kafka_result_timeout_s:g} s of the end of "
-                        "input", code="PipelineTimeout") from None
+                        "input") from None
             if item is _END:
                 return
             if isinstance(item, BaseException):

@@ -34,7 +34,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from callscribe.audio import open_decoder, sniff_format
-from callscribe.errors import CallscribeError, ConfigurationError, UnsupportedFormat
+from callscribe.errors import (CallscribeError, ConfigurationError, KafkaFailure,
+                               UnsupportedFormat)
 from callscribe.pipeline.codec import AudioChunk, AudioOptions, Codec
 from callscribe.pipeline.topics import (
     MAX_BACKOFF_S,
@@ -108,8 +109,8 @@ class AudioProducer:
             except (KafkaError, OSError) as exc:  # OSError includes TimeoutError
                 await close_quietly(producer)
                 if not is_retriable(exc):
-                    raise CallscribeError(f"Kafka at {self.bootstrap} refused the producer: "
-                                          f"{exc!r}", code="KafkaError") from None
+                    raise KafkaFailure(f"Kafka at {self.bootstrap} refused the producer: "
+                                       f"{exc!r}") from None
                 last = exc
                 if isinstance(exc, KafkaConnectionError):  # learn why, fail fast if it lasts
                     await raise_if_refused(self._kw, min(5.0, max(0.1, end - loop.time())))
@@ -161,7 +162,7 @@ class AudioProducer:
         """
         self._raise_failure()
         if self._producer is None:
-            raise CallscribeError("AudioProducer used before start()", code="InternalError")
+            raise CallscribeError("AudioProducer used before start()")
         value = self.codec.encode(chunk)
         headers = with_trace_headers(_HEADERS, context)
         loop = asyncio.get_running_loop()
@@ -189,7 +190,7 @@ class AudioProducer:
     async def partition_for(self, call_id: str) -> int:
         """The audio topic's partition for a call (the client's murmur2 key partitioner)."""
         if self._producer is None:
-            raise CallscribeError("AudioProducer used before start()", code="InternalError")
+            raise CallscribeError("AudioProducer used before start()")
         parts = sorted(await self._producer.partitions_for(self.topic))
         return DefaultPartitioner()(call_id.encode(), parts, parts)
 
@@ -259,8 +260,8 @@ class AudioProducer:
 
     def _give_up_unless_retriable(self, exc: KafkaError, what: str) -> None:
         if not is_retriable(exc):  # e.g. a record too large, an authorisation error
-            raise self._fail(CallscribeError(f"Kafka at {self.bootstrap} rejected {what}: "
-                                             f"{exc!r}", code="KafkaError")) from exc
+            raise self._fail(KafkaFailure(f"Kafka at {self.bootstrap} rejected {what}: "
+                                          f"{exc!r}")) from exc
 
     def _fail(self, exc: BaseException) -> BaseException:
         if self._failure is None:

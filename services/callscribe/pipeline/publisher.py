@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 from faust.serializers import codecs
 
 from callscribe.analytics.live import category_event
-from callscribe.errors import CallscribeError
+from callscribe.errors import KafkaFailure
 from callscribe.pipeline.calls import ChannelRecord, ChannelState, HeldChunk
 from callscribe.pipeline.codec import CallSummary, ChannelSummary, DeadLetter
 from callscribe.pipeline.dead_letters import fit_dead_letter
@@ -96,8 +96,8 @@ class ResultsProducer:
             except (KafkaError, OSError) as exc:
                 await close_quietly(producer)
                 if not is_retriable(exc):
-                    raise CallscribeError(f"Kafka at {self.bootstrap} refused the worker's "
-                                          f"producer: {exc!r}", code="KafkaError") from None
+                    raise KafkaFailure(f"Kafka at {self.bootstrap} refused the worker's "
+                                       f"producer: {exc!r}") from None
                 last = exc
             await asyncio.sleep(min(backoff, max(0.0, end - loop.time())))
             backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -124,8 +124,8 @@ class ResultsProducer:
                 return await fut
             except (KafkaError, OSError) as exc:
                 if isinstance(exc, KafkaError) and not is_retriable(exc):
-                    raise CallscribeError(f"Kafka at {self.bootstrap} rejected a record for "
-                                          f"{topic}: {exc!r}", code="KafkaError") from exc
+                    raise KafkaFailure(f"Kafka at {self.bootstrap} rejected a record for "
+                                       f"{topic}: {exc!r}") from exc
                 if loop.time() >= warn_at:
                     log.warning("kafka does not acknowledge; still retrying", topic=topic,
                                 bootstrap=self.bootstrap, error=repr(exc))

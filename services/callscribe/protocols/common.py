@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from callscribe import wire
-from callscribe.errors import (AudioError, CallscribeError, ConfigurationError, EngineError,
-                               ModelError, SampleRateMismatch, SessionError, UnsupportedFormat)
+from callscribe.errors import (CallscribeError, InvalidMessage, ModelNotFound,
+                               SampleRateMismatch, SessionError, UnsupportedFormat)
 
 # --- WebSocket close codes (documented in the README) --------------------------------------
 
@@ -168,10 +168,6 @@ class Machine(Protocol):
 # --- errors ----------------------------------------------------------------------------------
 
 
-class ProtocolError(SessionError):
-    """The client broke the protocol; ``code`` names the rule (see README)."""
-
-
 def wire_error(exc: BaseException) -> tuple[str, str, int]:
     """(error_code, error_message, close code) for an exception raised while serving a task.
 
@@ -179,13 +175,7 @@ def wire_error(exc: BaseException) -> tuple[str, str, int]:
     else is an internal error whose details stay in the server log.
     """
     if isinstance(exc, CallscribeError):
-        if isinstance(exc, (AudioError, SessionError)):
-            close = CLOSE_POLICY
-        elif isinstance(exc, (EngineError, ModelError, ConfigurationError)):
-            close = CLOSE_INTERNAL
-        else:
-            close = CLOSE_INTERNAL if exc.retriable else CLOSE_POLICY
-        return exc.code, exc.message, close
+        return exc.code, exc.message, CLOSE_POLICY if exc.client_fault else CLOSE_INTERNAL
     return "InternalError", f"internal server error ({type(exc).__name__}); see the server log", \
         CLOSE_INTERNAL
 
@@ -262,17 +252,17 @@ def model_family(name: str) -> str:
 def parse_run_task_options(payload: Any, *, default_itn: bool = True) -> TaskOptions:
     """Validate a run-task payload; raise SessionError subclasses with a clear message."""
     def bad(msg: str) -> SessionError:
-        return SessionError(msg, code="InvalidParameter")
+        return SessionError(msg)
 
     if not isinstance(payload, dict):
-        raise ProtocolError("run-task payload must be an object", code="InvalidMessage")
+        raise InvalidMessage("run-task payload must be an object")
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise bad("payload.model is required (e.g. fun-asr-realtime)")
     spec = resolve_model(model)
     if spec is None:
-        raise SessionError(f"model {model!r} is not supported; supported models: "
-                           f"{model_names()}", code="ModelNotFound")
+        raise ModelNotFound(f"model {model!r} is not supported; supported models: "
+                            f"{model_names()}")
     params = payload.get("parameters")
     if params is None:
         params = {}

@@ -26,13 +26,18 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
-from callscribe.errors import AudioTooLarge, CallscribeError, DecodeLimitExceeded, SessionError
+from callscribe.errors import (AppendTooLarge, AudioTooLarge, BinaryFrame, BufferTooLong,
+                               CallscribeError, CommitEmpty, CommitInVadMode, DecodeLimitExceeded,
+                               IdleTimeout, InvalidBase64, InvalidEvent, InvalidJson, InvalidValue,
+                               ModelNotFound, RequestError, ServerShuttingDown,
+                               SessionAlreadyStarted, SessionFinishing, SessionNotConfigured,
+                               UnknownEventType)
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL,
                                          CLOSE_POLICY, AbortRecognition, AudioData, Close,
                                          CommitInput, FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          wire_error)
-from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config, RequestError,
+from callscribe.protocols.qwen_session import (DEFAULT_LANGUAGE, MODEL_RE, Config,
                                                check_pcm_append, model_problem, parse_session,
                                                session_object, vad_probability)
 from callscribe.protocols.qwen_text import Item as _Item
@@ -109,7 +114,7 @@ class QwenRealtimeProtocol:
         self._shutdown_ended = False
         self._linger_until = 0.0
         if not MODEL_RE.match(self.model):
-            self._error(SessionError(model_problem(model), code="ModelNotFound"),
+            self._error(ModelNotFound(model_problem(model)),
                         param="model", close=CLOSE_POLICY)
             return
         self._send("session.created", session=self._session())
@@ -152,15 +157,14 @@ class QwenRealtimeProtocol:
         try:
             msg = loads(text)
         except WireError as exc:
-            return self._error(RequestError(f"the text frame is {exc}; every client event is "
-                                            '{"type": ..., "event_id": ..., ...} in JSON',
-                                            "invalid_json"))
+            return self._error(InvalidJson(f"the text frame is {exc}; every client event is "
+                                           '{"type": ..., "event_id": ..., ...} in JSON'))
         eid = msg.get("event_id") if isinstance(msg, dict) else None
         eid = eid if isinstance(eid, str) else None
         kind = msg.get("type") if isinstance(msg, dict) else None
         if not isinstance(kind, str):
-            return self._error(RequestError('a client event is a JSON object with a string '
-                                            '"type"', "invalid_event", "type"), event_id=eid)
+            return self._error(InvalidEvent('a client event is a JSON object with a string '
+                                            '"type"', "type"), event_id=eid)
         if self._shutdown_ended and self.state is not State.OPEN:
             # the server ended input (drain), not the client: no "after session.finish"
             return self._send("error", error={
@@ -170,16 +174,16 @@ class QwenRealtimeProtocol:
                            "reconnect to continue", "param": None, "event_id": eid})
         handler = self._handlers.get(kind)
         if handler is None:
-            return self._error(RequestError(
+            return self._error(UnknownEventType(
                 f"Invalid value: {kind[:64]!r}. Supported values are: "
-                f"{', '.join(repr(k) for k in self._handlers)}.", "unknown_event_type", "type"),
+                f"{', '.join(repr(k) for k in self._handlers)}.", "type"),
                 event_id=eid)
         if self.state in (State.FINISHING, State.FINISHED):
-            return self._error(RequestError(f"{kind} after session.finish: the session is "
-                                            "ending", "session_finishing", "type"), event_id=eid)
+            return self._error(SessionFinishing(f"{kind} after session.finish: the session is "
+                                                "ending", "type"), event_id=eid)
         if kind != "session.update" and kind != "session.finish" and not self._configured:
-            return self._error(RequestError(f"{kind} before session.update: configure the "
-                                            "session first", "session_not_configured", "type"),
+            return self._error(SessionNotConfigured(f"{kind} before session.update: configure "
+                                                    "the session first", "type"),
                                event_id=eid)
         try:
             handler(self, msg)
@@ -190,35 +194,34 @@ class QwenRealtimeProtocol:
         if self.state is State.CLOSED:
             return
         self._last_event_at = self._clock()
-        self._error(RequestError("binary frames are not part of this protocol; send audio as "
-                                 "base64 in input_audio_buffer.append", "binary_frame"))
+        self._error(BinaryFrame("binary frames are not part of this protocol; send audio as "
+                                "base64 in input_audio_buffer.append"))
 
     def _on_update(self, msg: dict[str, Any]) -> None:
         body = msg.get("session")
         if not isinstance(body, dict):
-            raise RequestError("session.update needs a 'session' object", "invalid_value",
-                               "session")
+            raise InvalidValue("session.update needs a 'session' object", "session")
         cfg = parse_session(body, self.config)
         if self._stream is not None and cfg != self.config:
-            raise RequestError("audio format, sample rate, turn detection, language and corpus "
-                               "cannot change once audio was appended; open a new session",
-                               "session_already_started", "session")
+            raise SessionAlreadyStarted("audio format, sample rate, turn detection, language and "
+                                        "corpus cannot change once audio was appended; open a "
+                                        "new session", "session")
         self.config, self._configured = cfg, True
         self._send("session.updated", session=self._session())
 
     def _on_append(self, msg: dict[str, Any]) -> None:
         audio = msg.get("audio")
         if not isinstance(audio, str):
-            raise RequestError("'audio' must be a base64 string", "invalid_value", "audio")
+            raise InvalidValue("'audio' must be a base64 string", "audio")
         if len(audio) > MAX_APPEND_B64:
-            raise RequestError(f"the audio field has {len(audio)} characters; one append takes "
-                               f"at most {MAX_APPEND_B64} (15 MiB)", "audio_too_large", "audio")
+            raise AppendTooLarge(f"the audio field has {len(audio)} characters; one append takes "
+                                 f"at most {MAX_APPEND_B64} (15 MiB)", "audio")
         ms = check_pcm_append(audio, self.config, self._pcm_uncommitted_ms,
                               self.max_append_ms, MAX_UNCOMMITTED_MS)
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError("'audio' is not valid base64", "invalid_base64", "audio") from None
+            raise InvalidBase64("'audio' is not valid base64", "audio") from None
         if not data:
             return
         self._pcm_uncommitted_ms += ms
@@ -244,12 +247,11 @@ class QwenRealtimeProtocol:
 
     def _on_commit(self, msg: dict[str, Any]) -> None:
         if self.config.vad:
-            raise RequestError("input_audio_buffer.commit is for manual mode (turn_detection: "
-                               "null); with server_vad the server commits each utterance",
-                               "commit_in_vad_mode", "type")
+            raise CommitInVadMode("input_audio_buffer.commit is for manual mode (turn_detection: "
+                                  "null); with server_vad the server commits each utterance",
+                                  "type")
         if not self._uncommitted or self._stream is None:
-            raise RequestError("the input audio buffer is empty: append audio before commit",
-                               "input_audio_buffer_commit_empty")
+            raise CommitEmpty("the input audio buffer is empty: append audio before commit")
         item = self._open or self._new_item()
         self._open = None
         self._commit_events(item)
@@ -364,9 +366,9 @@ class QwenRealtimeProtocol:
         if not self.config.vad and self._uncommitted and \
                 now - self._commit_ms > MAX_UNCOMMITTED_MS and self.state is State.OPEN:
             self._cut(discard=True)
-            self._error(RequestError(f"more than {MAX_UNCOMMITTED_MS // 1000} s of audio without "
-                                     "input_audio_buffer.commit; the uncommitted audio was "
-                                     "discarded", "input_audio_buffer_too_long", "audio"),
+            self._error(BufferTooLong(f"more than {MAX_UNCOMMITTED_MS // 1000} s of audio without "
+                                      "input_audio_buffer.commit; the uncommitted audio was "
+                                      "discarded", "audio"),
                         event_id=self._append_eid)
 
     def recognition_event(self, task_id: str, event: Event, *, audio_ms: int | None = None) -> None:
@@ -423,9 +425,9 @@ class QwenRealtimeProtocol:
 
     def _finished(self) -> None:
         if self._shutdown_ended:
-            return self._error(CallscribeError("the server is shutting down: the audio received "
-                                               "was recognised; reconnect to continue",
-                                               code="ServerShuttingDown"), server=True,
+            return self._error(ServerShuttingDown("the server is shutting down: the audio "
+                                                  "received was recognised; reconnect to "
+                                                  "continue"), server=True,
                                close=CLOSE_GOING_AWAY)
         self._send("session.finished")
         self._report("finished")
@@ -436,7 +438,7 @@ class QwenRealtimeProtocol:
         if st is None:
             return
         if isinstance(error, DecodeLimitExceeded):
-            error = RequestError(error.message, "audio_too_large", "audio")
+            error = AppendTooLarge(error.message, "audio")
         code, message, close = wire_error(error)
         for item in (*self._awaiting, self._open, self._speech):
             if item is not None and not item.implicit:
@@ -496,8 +498,8 @@ class QwenRealtimeProtocol:
             return self._end_input()
         st = self._stream
         if (st is None or st.pending == 0) and now >= self._last_event_at + IDLE_TIMEOUT_S:
-            self._error(RequestError(f"no client event for {IDLE_TIMEOUT_S:.0f} s; closing",
-                                     "idle_timeout"), close=CLOSE_NORMAL)
+            self._error(IdleTimeout(f"no client event for {IDLE_TIMEOUT_S:.0f} s; closing"),
+                        close=CLOSE_NORMAL)
 
     def _fail(self, close: int, reason: str) -> None:
         if self.state is State.CLOSED:

@@ -2,8 +2,9 @@
 
 ``session.update`` arrives in either shape the ``dashscope`` SDK sends (the legacy top-level
 ``input_audio_format`` + ``sample_rate``, or ``session.audio.input.format = {type,
-sample_rate}``); :func:`parse_session` validates either into a :class:`Config`, raising
-:class:`RequestError` with the parameter path for the ``error`` event.
+sample_rate}``); :func:`parse_session` validates either into a :class:`Config`, raising a
+:class:`~callscribe.errors.RequestError` subclass with the parameter path for the ``error``
+event.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from callscribe.protocols.common import ProtocolError
+from callscribe.errors import AppendTooLarge, BufferTooLong, InvalidValue
 from callscribe.wire import finite_number
 
 MODEL = "qwen3-asr-flash-realtime"
@@ -44,14 +45,6 @@ def vad_probability(threshold: float, base: float) -> float:
     if threshold >= DEFAULT_THRESHOLD:
         return round(base + (threshold - DEFAULT_THRESHOLD) / 0.8 * (0.95 - base), 4)
     return round(base - (DEFAULT_THRESHOLD - threshold) / 1.2 * (base - 0.05), 4)
-
-
-class RequestError(ProtocolError):
-    """A client error: answered with an ``error`` event naming ``param``; the session stays."""
-
-    def __init__(self, message: str, code: str, param: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.param = param
 
 
 @dataclass(frozen=True)
@@ -100,27 +93,26 @@ def parse_session(s: dict[str, Any], cur: Config) -> Config:
     out = cur
     if fmt is not None:
         if not isinstance(fmt, str) or fmt.lower() not in FORMATS:
-            raise RequestError(f"Invalid value: {fmt!r}. Supported values are: 'pcm', 'opus'.",
-                               "invalid_value", fp)
+            raise InvalidValue(f"Invalid value: {fmt!r}. Supported values are: 'pcm', 'opus'.", fp)
         out = replace(out, format=FORMATS[fmt.lower()])
     if rate is not None:
         if rate not in SAMPLE_RATES or isinstance(rate, bool):
-            raise RequestError(f"Invalid value: {rate!r}. Supported sample rates are 16000 and "
-                               "8000 (Hz).", "invalid_value", rp)
+            raise InvalidValue(f"Invalid value: {rate!r}. Supported sample rates are 16000 and "
+                               "8000 (Hz).", rp)
         out = replace(out, sample_rate=int(rate))
     tr = s.get("input_audio_transcription")
     if isinstance(tr, dict) and "language" in tr:
         lang = tr["language"]
         if lang is not None and (not isinstance(lang, str) or not 0 < len(lang) <= 16):
-            raise RequestError(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
-                               "'en'.", "invalid_value",
+            raise InvalidValue(f"Invalid value: {lang!r}. language is a code such as 'zh' or "
+                               "'en'.",
                                "session.input_audio_transcription.language")
         out = replace(out, language=lang.strip().lower() if lang else None)
     if isinstance(tr, dict) and "corpus" in tr:
         corpus = tr["corpus"]
         text = corpus.get("text") if isinstance(corpus, dict) else None
         if text is not None and not isinstance(text, str):
-            raise RequestError("corpus.text must be a string", "invalid_value",
+            raise InvalidValue("corpus.text must be a string",
                                "session.input_audio_transcription.corpus.text")
         out = replace(out, corpus=(text.strip() or None) if text else None)
     if "turn_detection" in s:
@@ -128,20 +120,20 @@ def parse_session(s: dict[str, Any], cur: Config) -> Config:
         if td is None:
             return replace(out, vad=False)
         if not isinstance(td, dict):
-            raise RequestError("turn_detection must be an object or null", "invalid_value",
+            raise InvalidValue("turn_detection must be an object or null",
                                "session.turn_detection")
         if td.get("type", "server_vad") != "server_vad":
-            raise RequestError(f"Invalid value: {td.get('type')!r}. Supported values are: "
+            raise InvalidValue(f"Invalid value: {td.get('type')!r}. Supported values are: "
                                "'server_vad' (or turn_detection: null for manual commits).",
-                               "invalid_value", "session.turn_detection.type")
+                               "session.turn_detection.type")
         th = td.get("threshold", DEFAULT_THRESHOLD)
         if not _number(th) or not -1.0 <= th <= 1.0:
-            raise RequestError(f"Invalid value: {th!r}. threshold is a number from -1 to 1.",
-                               "invalid_value", "session.turn_detection.threshold")
+            raise InvalidValue(f"Invalid value: {th!r}. threshold is a number from -1 to 1.",
+                               "session.turn_detection.threshold")
         sil = td.get("silence_duration_ms", DEFAULT_SILENCE_MS)
         if not _number(sil) or sil != int(sil) or not 200 <= sil <= 6000:
-            raise RequestError(f"Invalid value: {sil!r}. silence_duration_ms is an integer from "
-                               "200 to 6000.", "invalid_value",
+            raise InvalidValue(f"Invalid value: {sil!r}. silence_duration_ms is an integer from "
+                               "200 to 6000.",
                                "session.turn_detection.silence_duration_ms")
         out = replace(out, vad=True, threshold=float(th), silence_ms=int(sil))
     return out
@@ -162,13 +154,12 @@ def check_pcm_append(audio_b64: str, cfg: Config, uncommitted_ms: float, max_app
     nbytes = len(audio_b64) // 4 * 3 - audio_b64[-2:].count("=")
     ms = nbytes // 2 * 1000 / cfg.sample_rate
     if not cfg.vad and uncommitted_ms + ms > max_item_ms:
-        raise RequestError(
+        raise BufferTooLong(
             f"this append would take the audio since the last commit to "
             f"{(uncommitted_ms + ms) / 1000:.1f} s; at most {max_item_ms // 1000} s fit in one "
-            "item: commit first. The append was refused; the audio before it is kept",
-            "input_audio_buffer_too_long", "audio")
+            "item: commit first. The append was refused; the audio before it is kept", "audio")
     if ms > max_append_ms:
-        raise RequestError(f"one append carries {ms / 1000:.1f} s of audio; at most "
-                           f"{max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_AUDIO_MS) may "
-                           "be sent in one event", "audio_too_large", "audio")
+        raise AppendTooLarge(f"one append carries {ms / 1000:.1f} s of audio; at most "
+                             f"{max_append_ms / 1000:g} s (CALLSCRIBE_MAX_BUFFERED_AUDIO_MS) may "
+                             "be sent in one event", "audio")
     return ms

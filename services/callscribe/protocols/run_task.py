@@ -29,10 +29,13 @@ from enum import Enum
 from typing import Any, Callable
 
 from callscribe import wire
-from callscribe.errors import AudioTooLarge, CallscribeError, SessionError
+from callscribe.errors import (AudioTooLarge, CallscribeError, DuplicateTaskId, FrameTooLarge,
+                               InvalidMessage, ProtocolError, RecognitionEndedEarly,
+                               RequestTimeout, ServerShuttingDown, SilenceTimeout,
+                               TaskAlreadyRunning, TaskNotStarted, UnknownAction)
 from callscribe.protocols.common import (CLOSE_GOING_AWAY, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL,
                                          CLOSE_TOO_BIG, AbortRecognition, AudioData, Close,
-                                         FinishInput, Output, ProtocolError, SendFrame,
+                                         FinishInput, Output, SendFrame,
                                          StartRecognition, TaskOptions, TaskReport, dumps,
                                          parse_run_task_options, wire_error)
 from callscribe.recognition.events import (Emotion, Event, FinalSentence, Partial, Progress,
@@ -139,13 +142,12 @@ class RunTaskProtocol:
         try:
             msg = wire.loads(text)
         except wire.WireError as exc:
-            return self._fail(ProtocolError(f"text frame is {exc}; control messages are "
-                                            '{"header": {...}, "payload": {...}}',
-                                            code="InvalidMessage"), close=CLOSE_INVALID_PAYLOAD)
+            return self._fail(InvalidMessage(f"text frame is {exc}; control messages are "
+                                             '{"header": {...}, "payload": {...}}'),
+                              close=CLOSE_INVALID_PAYLOAD)
         if not isinstance(msg, dict) or not isinstance(msg.get("header"), dict):
-            return self._fail(ProtocolError("message has no 'header' object; control messages "
-                                            'are {"header": {...}, "payload": {...}}',
-                                            code="InvalidMessage"))
+            return self._fail(InvalidMessage("message has no 'header' object; control messages "
+                                             'are {"header": {...}, "payload": {...}}'))
         header = msg["header"]
         payload = msg.get("payload")
         if payload is None:
@@ -155,27 +157,26 @@ class RunTaskProtocol:
             return self._on_run_task(header, payload)
         if action in ("continue-task", "finish-task"):
             return self._on_task_action(action, header)
-        return self._fail(ProtocolError(f"unknown action {action!r}; expected run-task, "
-                                        "continue-task or finish-task", code="UnknownAction"),
+        return self._fail(UnknownAction(f"unknown action {action!r}; expected run-task, "
+                                        "continue-task or finish-task"),
                           task_id=self._header_task_id(header))
 
     def receive_binary(self, data: bytes) -> None:
         if self.state is State.CLOSED:
             return
         if len(data) > self.max_frame_bytes:
-            return self._fail(ProtocolError(f"binary frame of {len(data)} bytes exceeds the "
-                                            f"limit of {self.max_frame_bytes} bytes",
-                                            code="FrameTooLarge"), close=CLOSE_TOO_BIG)
+            return self._fail(FrameTooLarge(f"binary frame of {len(data)} bytes exceeds the "
+                                            f"limit of {self.max_frame_bytes} bytes"),
+                              close=CLOSE_TOO_BIG)
         if self.state is State.IDLE:
-            return self._fail(ProtocolError("audio received before run-task; send run-task and "
-                                            "wait for task-started", code="TaskNotStarted"))
+            return self._fail(TaskNotStarted("audio received before run-task; send run-task and "
+                                             "wait for task-started"))
         task = self._task
         assert task is not None
         if self.state is State.FINISHING:
             if task.shutdown_ended:
                 return  # the server ended input itself; late audio is dropped
-            return self._fail(ProtocolError("audio received after finish-task",
-                                            code="InvalidParameter"))
+            return self._fail(ProtocolError("audio received after finish-task"))
         if not data:
             return
         now = self._clock()
@@ -193,14 +194,12 @@ class RunTaskProtocol:
     def _on_task_action(self, action: str, header: dict[str, Any]) -> None:
         tid = self._header_task_id(header)
         if self.state is State.IDLE:
-            return self._fail(ProtocolError(f"{action} received before run-task",
-                                            code="TaskNotStarted"), task_id=tid)
+            return self._fail(TaskNotStarted(f"{action} received before run-task"), task_id=tid)
         task = self._task
         assert task is not None
         if tid != task.task_id:
             return self._fail(ProtocolError(f"{action} for task_id {header.get('task_id')!r}, "
-                                            f"but the running task is {task.task_id}",
-                                            code="InvalidParameter"))
+                                            f"but the running task is {task.task_id}"))
         if self.state is State.FINISHING or task.finish_requested:
             return  # a repeated finish-task or a late continue-task: nothing to do
         if self.state is State.STARTING:  # handled once the task started
@@ -219,21 +218,20 @@ class RunTaskProtocol:
         tid = self._header_task_id(header)
         if self.state is not State.IDLE:
             assert self._task is not None
-            return self._fail(ProtocolError(
+            return self._fail(TaskAlreadyRunning(
                 f"run-task received while task {self._task.task_id} is still running; send "
-                "finish-task and wait for task-finished first", code="TaskAlreadyRunning"))
+                "finish-task and wait for task-finished first"))
         if tid is None:
             return self._fail(ProtocolError("header.task_id must be a non-empty string of at "
-                                            f"most {MAX_TASK_ID_LEN} characters",
-                                            code="InvalidParameter"))
+                                            f"most {MAX_TASK_ID_LEN} characters"))
         if tid in self._used_ids:
-            return self._fail(ProtocolError(f"task_id {tid} was already used on this "
-                                            "connection; every run-task needs a new task_id",
-                                            code="DuplicateTaskId"), task_id=tid)
+            return self._fail(DuplicateTaskId(f"task_id {tid} was already used on this "
+                                              "connection; every run-task needs a new task_id"),
+                              task_id=tid)
         self._used_ids.add(tid)
         if self._shutting_down:
-            return self._fail(ProtocolError("the server is shutting down; reconnect to another "
-                                            "instance", code="ServerShuttingDown"),
+            return self._fail(ServerShuttingDown("the server is shutting down; reconnect to "
+                                                 "another instance"),
                               task_id=tid, close=CLOSE_GOING_AWAY)
         try:
             options = parse_run_task_options(payload, default_itn=self.default_itn)
@@ -350,13 +348,11 @@ class RunTaskProtocol:
         if audio_ms is not None:
             task.audio_ms = max(task.audio_ms, int(audio_ms))
         if self.state is not State.FINISHING:
-            return self._fail(SessionError("recognition ended before finish-task",
-                                           code="InternalError"))
+            return self._fail(RecognitionEndedEarly("recognition ended before finish-task"))
         if task.shutdown_ended:
-            return self._fail(ProtocolError(
+            return self._fail(ServerShuttingDown(
                 "the server is shutting down: input was ended by the server and the results "
-                f"for all {task.audio_ms} ms of audio received were sent",
-                code="ServerShuttingDown"), close=CLOSE_GOING_AWAY)
+                f"for all {task.audio_ms} ms of audio received were sent"), close=CLOSE_GOING_AWAY)
         now = self._clock()
         self._send({"header": _header(task_id, "task-finished"), "payload": {"output": {}}})
         self._report(task, "finished", now)
@@ -431,8 +427,8 @@ class RunTaskProtocol:
         if self._shutdown_deadline is not None and now >= self._shutdown_deadline \
                 and self.state in (State.STARTING, State.RUNNING):
             if self.state is State.STARTING:
-                return self._fail(ProtocolError("the server is shutting down",
-                                                code="ServerShuttingDown"), close=CLOSE_GOING_AWAY)
+                return self._fail(ServerShuttingDown("the server is shutting down"),
+                                  close=CLOSE_GOING_AWAY)
             task.shutdown_ended = True
             task.finish_at = now
             self.state = State.FINISHING
@@ -441,8 +437,8 @@ class RunTaskProtocol:
         if self.state is not State.RUNNING or task.pending_audio:
             return
         if now >= task.last_data_at + NO_DATA_TIMEOUT_S:
-            return self._fail(SessionError(f"request timeout after {NO_DATA_TIMEOUT_S:.0f} "
-                                           "seconds.", code="CLIENT_ERROR"))
+            return self._fail(RequestTimeout(f"request timeout after {NO_DATA_TIMEOUT_S:.0f} "
+                                             "seconds."))
         if not task.in_speech:
             if task.options.heartbeat:
                 if now >= max(task.last_result_at, task.silence_since) + HEARTBEAT_INTERVAL_S:
@@ -454,9 +450,9 @@ class RunTaskProtocol:
                 self._silence_timeout()
 
     def _silence_timeout(self) -> None:
-        self._fail(SessionError(f"no speech for {SILENCE_TIMEOUT_S:.0f} seconds of audio; set "
-                                "parameters.heartbeat=true to keep a silent task open",
-                                code="SilenceTimeout"), close=CLOSE_NORMAL)
+        self._fail(SilenceTimeout(f"no speech for {SILENCE_TIMEOUT_S:.0f} seconds of audio; set "
+                                  "parameters.heartbeat=true to keep a silent task open"),
+                   close=CLOSE_NORMAL)
 
     # --- failure -----------------------------------------------------------------------------
 
