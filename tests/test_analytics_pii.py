@@ -65,6 +65,8 @@ def test_validators() -> None:
     # recognition lost a digit or changed one: the naming word still gets it redacted
     ("My Social Security number is 123 45678 IN.", [("SSN", "123 45678")]),
     ("my card number is 4532 0151 1283 0367", [("CARD", "4532 0151 1283 0367")]),
+    # a phone number heard with an extra digit (11 digits, not NANP) after "call me"
+    ("You can call me Macon 212 5555 0187.", [("PHONE", "212 5555 0187")]),
     # a number said in pieces after "card": each piece of 7+ digits goes
     ("my card is 4532 0151, sorry, 4532 0151 1283 0366",
      [("CARD", "4532 0151"), ("CARD", "4532 0151 1283 0366")]),

@@ -9,8 +9,9 @@ character span of the *original* text).  What it finds:
 * ``SSN``: US social security numbers, 9 digits written 3-2-4 or said after "social
   security" / "SSN", with the SSA's rules (area not 000, 666 or 9xx; group not 00; serial
   not 0000);
-* after a naming word ("card", "credit", 卡号 / "social security", "SSN") 7-19 digits are a
-  ``CARD`` and 7-10 digits an ``SSN`` without the check: what recognition garbled, or a
+* after a naming word ("card", "credit", 卡号 / "social security", "SSN" / "phone", "call
+  me", 电话) 7-19 digits are a ``CARD``, 7-10 digits an ``SSN`` and 7-15 digits a ``PHONE``
+  without the check: what recognition garbled, or a
   number said in pieces ("4532 0151, sorry, 4532 0151 ..."), is still redacted;
 * ``PHONE``: Chinese mobiles (1[3-9] + 9 digits, optionally after 86), Chinese landlines
   (0 + area + number, 10-12 digits), NANP numbers (10 digits, [2-9]..[2-9].., optionally after
@@ -55,6 +56,8 @@ _FULLWIDTH = str.maketrans("０１２３４５６７８９", "0123456789")
 _ACCOUNT_WORDS = re.compile(r"(account|acct|账号|账户|帐号|帐户|卡号|银行卡|户号)", re.I)
 _SSN_WORDS = re.compile(r"(social\s+security|\bssn\b|\bs\s?s\s?n\b)", re.I)
 _CARD_WORDS = re.compile(r"(\bcard\b|credit|debit|卡号|信用卡|借记卡)", re.I)
+_PHONE_WORDS = re.compile(r"(\bphone\b|\bcall\s+(?:me|us)\b|\breach\s+(?:me|us)\b|\bmobile\b|"
+                          r"\bcell\b|\btelephone\b|电话|手机)", re.I)
 _CONTEXT_CHARS = 40
 _GAP_WORDS = re.compile(r"[A-Za-z]+|[\u3400-\u9fff]")
 #: the longest run of digit tokens looked at (longer runs are split into windows)
@@ -235,6 +238,8 @@ def _classify(digits: str, plus: bool, grouped_ssn: bool, context: str) -> str |
         return "CARD"
     if 7 <= n <= 10 and _SSN_WORDS.search(context):
         return "SSN"
+    if 7 <= n <= 15 and _PHONE_WORDS.search(context) and not _ACCOUNT_WORDS.search(context):
+        return "PHONE"
     return None
 
 
