@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "services"))
 
+from callscribe.benchmark.target import local_broker, worker_process  # noqa: E402
 from callscribe.pipeline.codec import AudioOptions, CallSummary, decode  # noqa: E402
 from callscribe.pipeline.producer import AudioProducer, produce_file  # noqa: E402
 from callscribe.settings import load_settings  # noqa: E402
@@ -128,43 +129,23 @@ def main() -> int:
     ap.add_argument("--partitions", type=int, default=12)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="callscribe-lag-"))
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        out = subprocess.run([str(REPO / "scripts" / "kafka.sh"), "start", "--port",
-                              str(free_port()), "--dir", str(tmp / "kafka")], check=True,
-                             capture_output=True, text=True).stdout
-        bootstrap = out.strip().split("=", 1)[1]
-    tag = uuid.uuid4().hex[:6]
-    env = {**os.environ, "CALLSCRIBE_KAFKA_BOOTSTRAP": bootstrap,
-           "CALLSCRIBE_KAFKA_TOPIC_AUDIO": f"lag-{tag}.audio",
-           "CALLSCRIBE_KAFKA_TOPIC_TRANSCRIPTS": f"lag-{tag}.transcripts",
-           "CALLSCRIBE_KAFKA_TOPIC_PARTIALS": f"lag-{tag}.partials",
-           "CALLSCRIBE_KAFKA_TOPIC_DEAD_LETTERS": f"lag-{tag}.dead",
-           "CALLSCRIBE_KAFKA_AUDIO_PARTITIONS": str(args.partitions),
-           "CALLSCRIBE_KAFKA_WORKER_GROUP": f"lag-{tag}-worker",
-           "CALLSCRIBE_KAFKA_WORKER_DATA_DIR": str(tmp / "worker"),
-           "CALLSCRIBE_LOG_FORMAT": "json"}
-    os.environ.update(env)
-    settings = load_settings()
-    cli = [sys.executable, "-m", "callscribe.cli"]
-    subprocess.run([*cli, "topics", "create"], env=env, check=True, capture_output=True)
-    port = free_port()
-    log = open(tmp / "worker.log", "wb")
-    worker = subprocess.Popen([*cli, "worker", "--metrics-port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        end = time.monotonic() + 180
-        while b"audio partitions assigned" not in (tmp / "worker.log").read_bytes():
-            if worker.poll() is not None or time.monotonic() > end:
-                raise SystemExit(f"worker did not start; see {tmp / 'worker.log'}")
-            time.sleep(0.5)
-        rows = asyncio.run(run(args, settings, f"http://127.0.0.1:{port}/metrics"))
-    finally:
-        worker.terminate()
-        worker.wait(60)
-        if args.bootstrap is None:
-            subprocess.run([str(REPO / "scripts" / "kafka.sh"), "stop", "--dir",
-                            str(tmp / "kafka")], capture_output=True)
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(local_broker(tmp / "kafka"))
+        tag = uuid.uuid4().hex[:6]
+        env = {**os.environ, "CALLSCRIBE_KAFKA_BOOTSTRAP": bootstrap,
+               "CALLSCRIBE_KAFKA_TOPIC_AUDIO": f"lag-{tag}.audio",
+               "CALLSCRIBE_KAFKA_TOPIC_TRANSCRIPTS": f"lag-{tag}.transcripts",
+               "CALLSCRIBE_KAFKA_TOPIC_PARTIALS": f"lag-{tag}.partials",
+               "CALLSCRIBE_KAFKA_TOPIC_DEAD_LETTERS": f"lag-{tag}.dead",
+               "CALLSCRIBE_KAFKA_AUDIO_PARTITIONS": str(args.partitions),
+               "CALLSCRIBE_KAFKA_WORKER_GROUP": f"lag-{tag}-worker",
+               "CALLSCRIBE_KAFKA_WORKER_DATA_DIR": str(tmp / "worker"),
+               "CALLSCRIBE_LOG_FORMAT": "json"}
+        os.environ.update(env)
+        settings = load_settings()
+        port = free_port()
+        with worker_process(env, tmp / "worker.log", port):
+            rows = asyncio.run(run(args, settings, f"http://127.0.0.1:{port}/metrics"))
     print(f"\n{args.clients} real-time calls of {Path(args.file).name}, one worker, "
           f"{os.cpu_count()} CPUs")
     for key in ("sessions", "inflight_s", "backlog_s", "committed_lag",

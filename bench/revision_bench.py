@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "services"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from kafka_lag import free_port  # noqa: E402
+from callscribe.benchmark.target import local_broker, worker_process  # noqa: E402
 
 from callscribe.pipeline.codec import (AudioOptions, CallSummary, RevisedTranscript,  # noqa: E402
                                        TranscriptEvent, decode)
@@ -115,16 +115,11 @@ def main() -> int:
     args = ap.parse_args()
     args.stereo = "stereo" in Path(args.file).name
     tmp = Path(tempfile.mkdtemp(prefix="callscribe-rev-"))
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        out = subprocess.run([str(REPO / "scripts" / "kafka.sh"), "start", "--port",
-                              str(free_port()), "--dir", str(tmp / "kafka")], check=True,
-                             capture_output=True, text=True).stdout
-        bootstrap = out.strip().split("=", 1)[1]
     results = []
     modes = [m for r in range(args.rounds) for m in ((True, False) if r % 2 == 0
                                                        else (False, True))]
-    try:
+    with contextlib.ExitStack() as stack:
+        bootstrap = args.bootstrap or stack.enter_context(local_broker(tmp / "kafka"))
         for revisions in modes:
             tag = uuid.uuid4().hex[:6]
             env = {**os.environ, "CALLSCRIBE_KAFKA_BOOTSTRAP": bootstrap,
@@ -140,27 +135,9 @@ def main() -> int:
                    "CALLSCRIBE_LOG_FORMAT": "json"}
             os.environ.update(env)
             settings = load_settings()
-            cli = [sys.executable, "-m", "callscribe.cli"]
-            subprocess.run([*cli, "topics", "create"], env=env, check=True, capture_output=True)
-            logpath = tmp / f"worker-{revisions}.log"
-            log = open(logpath, "wb")
-            worker = subprocess.Popen([*cli, "worker", "--metrics-port", "-1"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT)
-            try:
-                end = time.monotonic() + 180
-                while b"audio partitions assigned" not in logpath.read_bytes():
-                    if worker.poll() is not None or time.monotonic() > end:
-                        raise SystemExit(f"worker did not start; see {logpath}")
-                    time.sleep(0.5)
+            with worker_process(env, tmp / f"worker-{revisions}.log"):
                 args.revisions = revisions
                 results.append((revisions, asyncio.run(run_mode(args, settings))))
-            finally:
-                worker.terminate()
-                worker.wait(60)
-    finally:
-        if args.bootstrap is None:
-            subprocess.run([str(REPO / "scripts" / "kafka.sh"), "stop", "--dir",
-                            str(tmp / "kafka")], capture_output=True)
     print(f"\n{args.calls} real-time calls of {Path(args.file).name}, {args.gap:g} s apart, "
           f"one worker, {os.cpu_count()} CPUs")
     for revisions, (records, starts, ends) in results:

@@ -67,16 +67,21 @@ def call_wav(shared_audio: Path, tmp_path_factory) -> Path:
     return write_wav(d / "call.wav", np.stack([left, right]).astype(np.float32) / 32768, RATE)
 
 
-async def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
-    """Every record of ``topic`` up to its end offsets now (decoded: schema-validated)."""
+async def end_total(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records ``topic`` holds now (the sum of its partitions' end offsets)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
     finally:
         await consumer.stop()
-    total = sum(ends.values())
-    assert total > 0, ends
+    return sum(ends.values())
+
+
+async def read_all(bootstrap: str, topic: str, partitions: int) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now (decoded: schema-validated)."""
+    total = await end_total(bootstrap, topic, partitions)
+    assert total > 0, total
     return [r for _, r in await read_results(bootstrap, [topic], lambda rs: len(rs) >= total,
                                              timeout=60)]
 
@@ -302,13 +307,7 @@ async def test_a_redo_after_a_crash_between_publishing_and_marking_publishes_not
 
 async def read_all_raw(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     """The raw records of ``topic`` up to its end offsets now, in offset order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    total = sum(ends.values())
+    total = await end_total(bootstrap, topic, partitions)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()

@@ -46,6 +46,22 @@ def recv(ws, timeout: float = 60) -> dict:
     return json.loads(ws.recv(timeout=timeout))
 
 
+def qwen_outcome(ws, also: dict[str, str]) -> str:
+    """What a Qwen session answered until it closed (or went quiet for 120 s): each error's
+    code, and ``also[type]`` for the event types named there."""
+    got = []
+    try:
+        while True:
+            m = recv(ws, 120)
+            if m["type"] == "error":
+                got.append(m["error"]["code"])
+            elif m["type"] in also:
+                got.append(also[m["type"]])
+    except (ConnectionClosed, TimeoutError):
+        pass
+    return ", ".join(got) or "nothing"
+
+
 def run_task(tid: str, model: str, fmt: str, rate, **params) -> str:
     return json.dumps({"header": {"streaming": "duplex", "task_id": tid, "action": "run-task"},
                        "payload": {"model": model, "task_group": "audio", "task": "asr",
@@ -188,17 +204,7 @@ def case_qwen_big_append(port: int) -> str:
         audio = base64.b64encode(bytes(11 << 20)).decode()
         ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
         ws.send(json.dumps({"type": "session.finish"}))
-        got = []
-        try:
-            while True:
-                m = recv(ws, 120)
-                if m["type"] == "error":
-                    got.append(m["error"]["code"])
-                if m["type"] == "session.finished":
-                    got.append("session.finished")
-        except (ConnectionClosed, TimeoutError):
-            pass
-        return ", ".join(got) or "nothing"
+        return qwen_outcome(ws, {"session.finished": "session.finished"})
 
 
 def wav_header(channels: int, rate: int) -> bytes:
@@ -263,17 +269,7 @@ def case_qwen_manual_70s(port: int, pcm: bytes) -> str:
                                 "audio": base64.b64encode(audio[off:off + 32000]).decode()}))
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         ws.send(json.dumps({"type": "session.finish"}))
-        got = []
-        try:
-            while True:
-                m = recv(ws, 120)
-                if m["type"] == "error":
-                    got.append(m["error"]["code"])
-                elif m["type"].endswith("transcription.completed"):
-                    got.append("item")
-        except (ConnectionClosed, TimeoutError):
-            pass
-        return ", ".join(got) or "nothing"
+        return qwen_outcome(ws, {"conversation.item.input_audio_transcription.completed": "item"})
 
 
 # --- HTTP/API cases (items 4, 5, 6, 8, 9, 10) --------------------------------------------------

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def target(mode: str, settings: Settings, *, kafka: str | None = None) -> Iterat
         with contextlib.ExitStack() as stack:
             from callscribe.benchmark.runner import _free_port
 
-            bootstrap = kafka or stack.enter_context(_local_broker())
+            bootstrap = kafka or stack.enter_context(local_broker())
             metrics_port = _free_port()
             # the one place that creates the pipeline's topics (the others only check)
             subprocess.run([sys.executable, "-m", "callscribe.cli", "topics", "create",
@@ -79,13 +80,38 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _local_broker() -> Iterator[str]:
+def local_broker(directory: Path | None = None) -> Iterator[str]:
+    """A single-node broker from ``scripts/kafka.sh`` (installed if needed) in ``directory``
+    (default: one fixed folder under /tmp), on a free port; yields its bootstrap address and
+    stops it on exit."""
     script = REPO / "scripts" / "kafka.sh"
-    d = "/tmp/callscribe-bench-kafka"
+    d = str(directory or "/tmp/callscribe-bench-kafka")
     subprocess.run([str(script), "install"], check=True, stdout=subprocess.DEVNULL)
     out = subprocess.run([str(script), "start", "--dir", d], check=True, capture_output=True,
                          text=True).stdout
     try:
         yield out.strip().split("=", 1)[1]
     finally:
-        subprocess.run([str(script), "stop", "--dir", d], check=False)
+        subprocess.run([str(script), "stop", "--dir", d], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def worker_process(env: dict[str, str], log_path: Path, metrics_port: int = -1,
+                   timeout_s: float = 180.0) -> Iterator[subprocess.Popen]:
+    """``callscribe topics create`` then a ``callscribe worker`` with ``env``, its output in
+    ``log_path``; yields once the worker has its audio partitions, terminates it on exit."""
+    cli = [sys.executable, "-m", "callscribe.cli"]
+    subprocess.run([*cli, "topics", "create"], env=env, check=True, capture_output=True)
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen([*cli, "worker", "--metrics-port", str(metrics_port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + timeout_s
+        while b"audio partitions assigned" not in log_path.read_bytes():
+            if worker.poll() is not None or time.monotonic() > end:
+                raise SystemExit(f"worker did not start; see {log_path}")
+            time.sleep(0.5)
+        yield worker
+    finally:
+        worker.terminate()
+        worker.wait(60)
